@@ -1,0 +1,67 @@
+"""The Fanout app: ``create_app()`` (the Flask factory) and ``app`` (what Hypercorn serves)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from auth import install_auth
+from bridge import ASGIBridge, BridgeFlask
+from core.config import GatewayConfig, load_gateway_config
+from errors import install_error_handlers
+from handlers import demo, health, jobs, jobs_ui, openapi, ops, proxy
+from handlers.aggregate import register_endpoints
+from job_kinds import shipped_kinds
+from logs import set_level
+from metrics import install_metrics
+from request_ids import install_request_ids
+from resources import install_resources, register_job_kind
+from settings import config_path, load_settings
+
+
+def _server_settings(gateway: GatewayConfig) -> dict[str, Any]:
+    return {
+        "MAX_CONTENT_LENGTH": gateway.server.max_body_bytes,
+        "SYNC_THREADS": gateway.server.sync_threads,
+    }
+
+
+def create_app(config: Mapping[str, Any] | None = None) -> BridgeFlask:
+    """Create and configure an instance of the Fanout Flask application.
+
+    Settings come from defaults, then the gateway file's ``[server]`` table,
+    then ``FANOUT_*`` environment variables, then ``config``.
+    """
+    gateway = load_gateway_config(config_path(config), os.environ)
+    # No static folder: the gateway serves no files, and /static would only 404.
+    app = BridgeFlask(__name__, static_folder=None)
+    load_settings(app, config, _server_settings(gateway))
+    install_request_ids(app)
+    install_auth(app, gateway.auth.api_keys)
+    install_error_handlers(app)
+    install_metrics(app)
+    install_resources(app, gateway)
+    for kind in shipped_kinds(app):
+        register_job_kind(app, kind)
+    app.register_blueprint(health.blueprint)
+    app.register_blueprint(demo.blueprint)
+    app.register_blueprint(proxy.blueprint)
+    app.register_blueprint(jobs_ui.blueprint)
+    app.register_blueprint(jobs.blueprint)
+    app.register_blueprint(ops.blueprint)
+    app.register_blueprint(openapi.blueprint)
+    register_endpoints(app, gateway.endpoints)
+    return app
+
+
+def create_served_app() -> BridgeFlask:
+    """Create the app as served: also set the log level from LOG_LEVEL."""
+    served = create_app()
+    set_level(served.config["LOG_LEVEL"])
+    return served
+
+
+#: The ASGI entry (``hypercorn -c hypercorn.toml app:app``). The Flask app is
+#: built at lifespan startup, so a bad setting is reported as a failed startup.
+app = ASGIBridge(create_served_app)

@@ -1,0 +1,28 @@
+"""Serve Flask over ASGI on one long-lived event loop, through greenlets.
+
+Knows nothing of the gateway: it would serve any Flask app. See
+``bridge.flask_app.BridgeFlask`` and ``bridge.asgi.ASGIBridge``.
+"""
+
+from bridge.asgi import ASGIBridge
+from bridge.flask_app import (
+    BridgeFlask,
+    iterate_async,
+    request_body_chunks,
+    request_body_over_limit,
+)
+from bridge.greenlets import MissingBridgeError, await_only, in_bridge_greenlet
+from bridge.serving import is_ready, serving_state
+
+__all__ = [
+    "ASGIBridge",
+    "BridgeFlask",
+    "MissingBridgeError",
+    "await_only",
+    "in_bridge_greenlet",
+    "is_ready",
+    "iterate_async",
+    "request_body_chunks",
+    "request_body_over_limit",
+    "serving_state",
+]

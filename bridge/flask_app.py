@@ -1,0 +1,201 @@
+"""A Flask subclass whose async views run on the server's loop via the greenlet bridge."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import inspect
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Coroutine, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import IO, Any, TypeVar
+
+from flask import Flask, Response, request
+from flask.globals import request_ctx
+from flask.typing import ResponseReturnValue
+from flask.views import MethodView
+from werkzeug.exceptions import RequestEntityTooLarge
+
+from bridge.body import RequestBody
+from bridge.greenlets import MissingBridgeError, await_only, in_bridge_greenlet, run_coroutine
+from bridge.serving import SERVING_LOOP, serving_state
+
+T = TypeVar("T")
+LifespanHook = Callable[[Flask], AsyncIterator[None]]
+
+
+def iterate_async(source: AsyncIterable[T]) -> Iterator[T]:
+    """Iterate an async iterable from sync code in a bridge greenlet (e.g. a streamed body)."""
+    iterator = aiter(source)
+    try:
+        while True:
+            try:
+                item = run_coroutine(anext(iterator))
+            except StopAsyncIteration:
+                return
+            yield item
+    finally:
+        aclose = getattr(iterator, "aclose", None)
+        if aclose is not None:
+            run_coroutine(aclose())
+
+
+def request_body_chunks() -> AsyncIterator[bytes]:
+    """Return the current request's body as an async iterator of chunks, as they arrive.
+
+    For streaming the body on (the proxy): call it in the request; the
+    iterator may then be consumed by any task on the loop. Nothing else may
+    read the body as well.
+    """
+    stream = request.environ["wsgi.input"]
+    if isinstance(stream, RequestBody):
+        return stream.iter_chunks()
+    # Outside the served stack (the test client): a plain in-memory stream.
+    return _chunks_of(request.stream)
+
+
+def request_body_over_limit() -> bool:
+    """Tell whether the current request's body went over MAX_CONTENT_LENGTH while streamed."""
+    stream = request.environ["wsgi.input"]
+    return isinstance(stream, RequestBody) and stream.over_limit
+
+
+async def _chunks_of(stream: IO[bytes]) -> AsyncIterator[bytes]:
+    while chunk := stream.read(65536):
+        yield chunk
+
+
+def _call_in_worker(
+    loop: asyncio.AbstractEventLoop, view: Callable[..., Any], view_args: dict[str, Any]
+) -> Any:
+    SERVING_LOOP.set(loop)
+    return view(**view_args)
+
+
+class BridgeFlask(Flask):
+    """Flask served by :class:`bridge.ASGIBridge`.
+
+    - ``async def`` views, hooks and handlers are awaited on the server's
+      loop: the request's greenlet switches to its asyncio task and back, so
+      tasks they create outlive the request and loop-bound resources (one
+      ``aiohttp.ClientSession``) can be shared.
+    - Plain ``def`` views run in the bridge's thread pool so a blocking one
+      never stalls the loop; sync hooks and error handlers run inline.
+    - Outside the served stack (``app.test_client()``, a CLI command) no
+      greenlet drives the request: async views then fall back to Flask's
+      default, a private event loop per call (asgiref), and sync views run
+      inline. Loop-bound resources opened by the lifespan are absent there.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: Async generator functions entered at lifespan startup, left at shutdown.
+        self.lifespan_hooks: list[Callable[[Flask], AbstractAsyncContextManager[None]]] = []
+
+    def while_serving(self, hook: LifespanHook) -> LifespanHook:
+        """Register an async generator ``hook(app)`` run around serving.
+
+        The code before its ``yield`` runs at lifespan startup (in
+        registration order), the code after it at shutdown (in reverse order).
+        """
+        self.lifespan_hooks.append(asynccontextmanager(hook))
+        return hook
+
+    def async_to_sync(self, func: Callable[..., Coroutine[Any, Any, Any]]) -> Callable[..., Any]:
+        """Return a sync callable that awaits ``func`` on the right loop."""
+        fallback = super().async_to_sync
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            if in_bridge_greenlet():
+                return run_coroutine(func(*args, **kwargs))
+            loop = SERVING_LOOP.get(None)
+            if loop is not None:
+                # A sync view in the pool called async code: run it on the server loop.
+                return asyncio.run_coroutine_threadsafe(func(*args, **kwargs), loop).result()
+            try:
+                asyncio.get_running_loop()
+            except RuntimeError:
+                return fallback(func)(*args, **kwargs)
+            raise MissingBridgeError(
+                f"{func.__qualname__} is async and was called from sync code running "
+                "inside a coroutine; await it there instead (only a request's greenlet "
+                "or a sync view's worker thread can wait for async code)"
+            )
+
+        return call
+
+    def preprocess_request(self) -> ResponseReturnValue | None:
+        """Run before-request hooks, then refuse a declared body over MAX_CONTENT_LENGTH.
+
+        Werkzeug refuses it only when the body is read; checking here answers
+        413 for every route, before any of the body is taken in.
+        """
+        answer = super().preprocess_request()
+        if answer is None:
+            limit = request.max_content_length
+            length = request.content_length
+            if limit is not None and length is not None and length > limit:
+                raise RequestEntityTooLarge(
+                    f"The request body ({length} bytes) is larger than the limit of {limit} bytes."
+                )
+        return answer
+
+    def dispatch_request(self) -> ResponseReturnValue:
+        """Match the request and call its view: async inline, sync in the pool."""
+        req = request_ctx.request
+        if req.routing_exception is not None:
+            self.raise_routing_exception(req)
+        rule = req.url_rule
+        assert rule is not None
+        if getattr(rule, "provide_automatic_options", False) and req.method == "OPTIONS":
+            return self.make_default_options_response()
+        view = self.view_functions[rule.endpoint]
+        view_args: dict[str, Any] = req.view_args or {}
+        if _is_async_view(view):
+            result: ResponseReturnValue = self.ensure_sync(view)(**view_args)
+            return result
+        return self._run_sync_view(view, view_args)
+
+    def _run_sync_view(
+        self, view: Callable[..., Any], view_args: dict[str, Any]
+    ) -> ResponseReturnValue:
+        state = serving_state(self)
+        if state is None or not in_bridge_greenlet():
+            inline: ResponseReturnValue = view(**view_args)
+            return inline
+        # The worker gets a copy of the request's context: flask.request and
+        # g work there, and g's mutations are seen after (same object), but a
+        # contextvar rebound in the worker does not propagate back.
+        call = functools.partial(
+            contextvars.copy_context().run, _call_in_worker, state.loop, view, view_args
+        )
+        state.sync_running += 1
+        try:
+            result: ResponseReturnValue = await_only(state.loop.run_in_executor(state.pool, call))
+        finally:
+            state.sync_running -= 1
+        return result
+
+    def make_response(self, rv: ResponseReturnValue) -> Response:
+        """Also accept an async generator as a streamed body."""
+        value: Any = rv
+        if isinstance(rv, tuple) and rv and inspect.isasyncgen(rv[0]):
+            value = (iterate_async(rv[0]), *rv[1:])
+        elif inspect.isasyncgen(rv):
+            value = iterate_async(rv)
+        return super().make_response(value)
+
+
+def _is_async_view(view: Callable[..., Any]) -> bool:
+    if inspect.iscoroutinefunction(view):
+        return True
+    view_class = getattr(view, "view_class", None)
+    if view_class is None:
+        return False
+    if issubclass(view_class, MethodView):
+        method = request.method.lower()
+        handler = getattr(view_class, method, None)
+        if handler is None and method == "head":
+            handler = getattr(view_class, "get", None)
+        return handler is not None and inspect.iscoroutinefunction(handler)
+    return inspect.iscoroutinefunction(view_class.dispatch_request)

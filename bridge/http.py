@@ -1,0 +1,176 @@
+"""One HTTP request through the bridge: Flask's WSGI call in a greenlet on the loop."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from types import TracebackType
+from typing import Any
+
+from flask import Flask
+
+from bridge.body import RequestBody
+from bridge.environ import build_environ
+from bridge.greenlets import await_only, run_in_greenlet
+
+logger = logging.getLogger(__name__)
+
+Message = dict[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ExcInfo = tuple[type[BaseException], BaseException, TracebackType] | tuple[None, None, None]
+
+_FAILURE_BODY = json.dumps(
+    {
+        "type": "about:blank",
+        "title": "Internal Server Error",
+        "status": 500,
+        "detail": "The server failed to handle the request.",
+    }
+).encode()
+
+
+class HttpExchange:
+    """Serve one ASGI HTTP request with a WSGI app, in a greenlet driven by this task.
+
+    The response is sent as the app produces it: a buffered Flask response
+    (its Content-Length known) goes out as one start + one final body
+    message, a generator response chunk by chunk. Once the app first waits
+    for something, a watcher takes over ``receive`` (feeding the body to its
+    reader) and on ``http.disconnect`` cancels this task, so a client that
+    goes away cancels the view's coroutine and its upstream calls.
+    """
+
+    def __init__(self, app: Flask, scope: Message, receive: Receive, send: Send) -> None:
+        self._app = app
+        self._scope = scope
+        self._send = send
+        self._body = RequestBody(receive, app.config.get("MAX_CONTENT_LENGTH"))
+        self._status = 500
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._length: int | None = None
+        self._started = False
+        self._finishing = False
+        self._sent = 0
+        self._watcher: asyncio.Task[None] | None = None
+        self._task: asyncio.Task[Any] | None = None
+
+    async def serve(self) -> None:
+        """Run the app for this request and send its response."""
+        self._task = asyncio.current_task()
+        try:
+            await run_in_greenlet(self._run, before_await=self._before_await)
+        finally:
+            if self._watcher is not None:
+                self._watcher.cancel()
+
+    def _before_await(self) -> None:
+        # Once the app waits for something other than its body or the final
+        # send, start listening for a disconnect (a quick sync view never does).
+        if self._watcher is None and not self._body.reading and not self._finishing:
+            self._watcher = asyncio.get_running_loop().create_task(self._watch_disconnect())
+
+    async def _watch_disconnect(self) -> None:
+        await self._body.pump()
+        assert self._task is not None
+        logger.info(
+            "client disconnected; cancelling its request",
+            extra={"path": self._scope.get("path")},
+        )
+        self._task.cancel()
+
+    # Everything below runs in the request's greenlet.
+
+    def _run(self) -> None:
+        environ = build_environ(self._scope, self._body)
+        try:
+            app_iter = self._app(environ, self._start_response)
+        except Exception:
+            # Flask turns view errors into responses itself; this is an error
+            # outside it (WSGI middleware). Answer 500 without details.
+            logger.exception("unhandled error in the WSGI app")
+            self._send_failure()
+            return
+        try:
+            self._send_iterable(app_iter)
+        except Exception:
+            logger.exception("error while producing the response body")
+            if self._started:
+                raise  # the server aborts the connection: the body is truncated
+            self._send_failure()
+        finally:
+            close = getattr(app_iter, "close", None)
+            if close is not None:
+                close()
+
+    def _start_response(
+        self,
+        status: str,
+        headers: list[tuple[str, str]],
+        exc_info: ExcInfo | None = None,
+        /,
+    ) -> Callable[[bytes], object]:
+        if exc_info is not None and exc_info[1] is not None and self._started:
+            raise exc_info[1].with_traceback(exc_info[2])
+        self._status = int(status[:3])
+        self._headers = []
+        self._length = None
+        for name, value in headers:
+            lower = name.lower()
+            if lower == "content-length":
+                self._length = int(value)
+            self._headers.append((lower.encode("latin-1"), value.encode("latin-1")))
+        return self._write
+
+    def _write(self, chunk: bytes) -> None:
+        # The legacy WSGI write() callable.
+        if chunk:
+            self._send_chunk(chunk, final=False)
+
+    def _send_iterable(self, app_iter: Iterable[bytes]) -> None:
+        for chunk in app_iter:
+            if not chunk:
+                continue
+            self._sent += len(chunk)
+            final = self._length is not None and self._sent >= self._length
+            self._send_chunk(chunk, final)
+            if final:
+                return
+        self._send_chunk(b"", final=True)
+
+    def _send_chunk(self, chunk: bytes, final: bool) -> None:
+        body: Message = {"type": "http.response.body", "body": chunk, "more_body": not final}
+        self._finishing = final
+        if final and not self._body.complete:
+            # The app answered without reading all of the body. Hypercorn
+            # stops reading the connection once its queue of body chunks is
+            # full, and then never sends this answer: drain the rest while
+            # sending, dropping it.
+            self._body.discard()
+            if self._watcher is None:
+                self._watcher = asyncio.get_running_loop().create_task(self._watch_disconnect())
+        if self._started:
+            await_only(self._send(body))
+            return
+        self._started = True
+        start: Message = {
+            "type": "http.response.start",
+            "status": self._status,
+            "headers": self._headers,
+        }
+        # One switch to the loop for both messages of a buffered response.
+        await_only(self._send_both(start, body))
+
+    async def _send_both(self, first: Message, second: Message) -> None:
+        await self._send(first)
+        await self._send(second)
+
+    def _send_failure(self) -> None:
+        self._status = 500
+        self._headers = [
+            (b"content-type", b"application/problem+json"),
+            (b"content-length", str(len(_FAILURE_BODY)).encode()),
+        ]
+        self._send_chunk(_FAILURE_BODY, final=True)

@@ -1,0 +1,1 @@
+"""Upstream HTTP calls with aiohttp; knows nothing of Flask."""

@@ -1,0 +1,99 @@
+"""One call to an upstream over the shared session, under a total deadline."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Coroutine, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import aiohttp
+
+from clients.errors import (
+    BadUpstreamPayload,
+    UpstreamStatusError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+
+T = TypeVar("T")
+
+DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class UpstreamReply:
+    """A complete upstream answer."""
+
+    upstream: str
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+    def raise_for_status(self) -> UpstreamReply:
+        """Return this reply if its status is 2xx or 3xx, else raise UpstreamStatusError."""
+        if self.status >= 400:
+            raise UpstreamStatusError(self.upstream, self.status)
+        return self
+
+    def json(self) -> Any:
+        """Decode the body as JSON, or raise BadUpstreamPayload."""
+        try:
+            return json.loads(self.body)
+        except (ValueError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
+            raise BadUpstreamPayload(self.upstream, f"invalid JSON from {self.upstream}") from exc
+
+
+async def call_all(*calls: Coroutine[Any, Any, T]) -> list[T]:
+    """Run calls concurrently; on the first failure cancel the rest and raise it."""
+    tasks: list[asyncio.Task[T]] = []
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(call) for call in calls]
+    except ExceptionGroup as failed:
+        raise failed.exceptions[0] from None
+    return [task.result() for task in tasks]
+
+
+async def call_upstream(
+    session: aiohttp.ClientSession,
+    upstream: str,
+    method: str,
+    url: str,
+    *,
+    deadline: float,
+    headers: Mapping[str, str] | None = None,
+    body: bytes | None = None,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+) -> UpstreamReply:
+    """Call ``url`` and read the whole answer within ``deadline`` seconds."""
+    try:
+        async with asyncio.timeout(deadline):
+            async with session.request(
+                method, url, headers=headers, data=body, allow_redirects=False
+            ) as response:
+                data = await read_capped(response, upstream, max_body_bytes)
+                return UpstreamReply(upstream, response.status, response.headers, data)
+    except TimeoutError as exc:
+        raise UpstreamTimeout(upstream, f"{upstream} did not answer within {deadline}s") from exc
+    except (aiohttp.ClientError, OSError) as exc:
+        raise UpstreamUnavailable(upstream, f"{upstream} is unavailable: {exc}") from exc
+
+
+async def read_capped(response: aiohttp.ClientResponse, upstream: str, limit: int) -> bytes:
+    """Read the whole (decompressed) body, or raise BadUpstreamPayload past ``limit`` bytes."""
+    if response.content_length is not None:
+        if response.content_length > limit:
+            raise BadUpstreamPayload(upstream, f"{upstream} answered more than {limit} bytes")
+        if not response.headers.get("Content-Encoding"):
+            # The declared size bounds what read() takes in: one call, no copies.
+            return await response.read()
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.content.iter_chunked(65536):
+        size += len(chunk)
+        if size > limit:
+            raise BadUpstreamPayload(upstream, f"{upstream} answered more than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)

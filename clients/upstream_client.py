@@ -1,0 +1,403 @@
+"""The client of one configured upstream: deadlines, retries, circuit breaker, limits."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from typing import Protocol, TypeVar
+from urllib.parse import urlsplit
+
+import aiohttp
+from multidict import CIMultiDict
+from yarl import URL
+
+from clients.errors import (
+    BadUpstreamPayload,
+    BlockedDestination,
+    CircuitOpen,
+    UpstreamError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+from clients.safety import blocked_cause
+from clients.upstream import UpstreamReply, read_capped
+from core.circuit import CircuitBreaker, CircuitState
+from core.config import UpstreamConfig
+from core.retry import RETRYABLE_METHODS, RetryBudget, backoff_delay, is_retryable_status
+
+logger = logging.getLogger(__name__)
+
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+Body = bytes | AsyncIterable[bytes] | None
+Headers = Mapping[str, str] | Iterable[tuple[str, str]]
+R = TypeVar("R")
+
+
+class UpstreamObserver(Protocol):
+    """Told of every upstream call (metrics)."""
+
+    def observe_upstream(self, upstream: str, outcome: str, seconds: float) -> None:
+        """One call: ok, error_status, timeout, error, circuit_open or blocked."""
+
+    def observe_circuit(self, upstream: str, state: CircuitState) -> None:
+        """The upstream's circuit state after a call."""
+
+
+class UpstreamClient:
+    """Calls to one upstream over the shared session, under its configured policies.
+
+    - Each try is bounded by the upstream's ``timeout`` (connect included,
+      ``connect_timeout`` for the connection) and by the caller's deadline.
+    - GET and HEAD are retried on connection errors, timeouts and 429/502/
+      503/504, with full-jitter backoff, while the deadline and the retry
+      budget allow; other methods are never retried.
+    - A circuit breaker fails calls fast (CircuitOpen) after repeated failures.
+    - At most ``max_connections`` calls are in flight; bodies over
+      ``max_body_bytes`` (after decompression) are refused.
+    - Redirects are followed only up to ``follow_redirects`` hops and only
+      within the configured origin.
+    """
+
+    def __init__(
+        self,
+        config: UpstreamConfig,
+        session: aiohttp.ClientSession,
+        rng: random.Random,
+        observer: UpstreamObserver | None = None,
+    ) -> None:
+        self.config = config
+        self._observer = observer
+        self._session = session
+        self._rng = rng
+        self.breaker = CircuitBreaker(
+            config.circuit_breaker.failures, config.circuit_breaker.reset_after
+        )
+        self._budget = RetryBudget(ratio=config.retry_budget)
+        self._slots = asyncio.Semaphore(config.max_connections)
+        origin = urlsplit(config.base_url)
+        self._origin = (origin.scheme, (origin.hostname or "").lower(), origin.port)
+
+    @property
+    def name(self) -> str:
+        """The upstream's configured name."""
+        return self.config.name
+
+    def url(self, path_and_query: str) -> URL:
+        """The absolute URL of an (already percent-encoded) path on this upstream.
+
+        Raises BlockedDestination if the result would leave the upstream's
+        origin (a path starting with anything but "/" could turn the host
+        into userinfo): only configured origins are ever contacted.
+        """
+        if not path_and_query.startswith("/") or path_and_query.startswith("//"):
+            raise BlockedDestination(self.name, f"{self.name}: path must start with one '/'")
+        url = URL(self.config.base_url + path_and_query, encoded=True)
+        if (url.scheme, (url.host or "").lower(), url.explicit_port) != self._origin or url.user:
+            raise BlockedDestination(self.name, f"{self.name}: path would leave the upstream")
+        return url
+
+    async def fetch(
+        self,
+        method: str,
+        path_and_query: str,
+        *,
+        deadline: float,
+        headers: Headers | None = None,
+        body: bytes | None = None,
+    ) -> UpstreamReply:
+        """Call the upstream and read its whole answer before ``deadline`` (loop time)."""
+        loop = asyncio.get_running_loop()
+        retryable = method in RETRYABLE_METHODS
+        attempts = 1 + (self.config.retries if retryable else 0)
+        self._budget.record_request()
+        # The latest outcome: an error answer or a failure; the caller gets it
+        # when retries run out (or the budget or the deadline forbids more).
+        outcome: UpstreamReply | UpstreamError | None = None
+        for attempt in range(attempts):
+            if attempt:
+                if not self._budget.try_spend():
+                    break
+                pause = backoff_delay(attempt - 1, rng=self._rng)
+                if loop.time() + pause >= deadline:
+                    break
+                await asyncio.sleep(pause)
+            try:
+                reply = await self._try_once(method, path_and_query, deadline, headers, body)
+            except (UpstreamTimeout, UpstreamUnavailable) as exc:
+                outcome = exc
+                continue
+            if retryable and is_retryable_status(reply.status):
+                outcome = reply
+                continue
+            return reply
+        if isinstance(outcome, UpstreamReply):
+            return outcome
+        assert outcome is not None
+        raise outcome
+
+    async def _try_once(
+        self,
+        method: str,
+        path_and_query: str,
+        deadline: float,
+        headers: Headers | None,
+        body: bytes | None,
+    ) -> UpstreamReply:
+        return await self._observed(
+            method,
+            self._try_once_unobserved(method, path_and_query, deadline, headers, body),
+            lambda reply: reply.status,
+        )
+
+    async def _observed(self, method: str, call: Awaitable[R], status_of: Callable[[R], int]) -> R:
+        # Every call to the upstream, a fetch try or a proxied stream, is
+        # logged and reported to the observer (metrics) once.
+        started = time.perf_counter()
+        outcome = "error"
+        status: int | None = None
+        try:
+            result = await call
+            status = status_of(result)
+            outcome = "ok" if status < 500 else "error_status"
+            return result
+        except UpstreamTimeout:
+            outcome = "timeout"
+            raise
+        except CircuitOpen:
+            outcome = "circuit_open"
+            raise
+        except BlockedDestination:
+            outcome = "blocked"
+            raise
+        finally:
+            seconds = time.perf_counter() - started
+            logger.info(
+                "upstream call",
+                extra={
+                    "upstream": self.name,
+                    "method": method,
+                    "outcome": outcome,
+                    "status": status,
+                    "duration_ms": round(seconds * 1000, 3),
+                },
+            )
+            if self._observer is not None:
+                self._observer.observe_upstream(self.name, outcome, seconds)
+                self._observer.observe_circuit(self.name, self.breaker.state)
+
+    async def _try_once_unobserved(
+        self,
+        method: str,
+        path_and_query: str,
+        deadline: float,
+        headers: Headers | None,
+        body: bytes | None,
+    ) -> UpstreamReply:
+        loop = asyncio.get_running_loop()
+        if deadline - loop.time() <= 0:
+            raise UpstreamTimeout(self.name, f"{self.name}: no time left before the deadline")
+        self._admit()
+        url = self.url(path_and_query)
+        # Waiting for a free slot is this gateway's queue, not the upstream's fault.
+        await self._acquire_slot(deadline - loop.time())
+        budget = min(self.config.timeout, deadline - loop.time())
+        try:
+            async with asyncio.timeout(budget):
+                reply = await self._request_following_redirects(method, url, headers, body)
+        except BadUpstreamPayload:
+            self.breaker.record_failure()
+            raise
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            # Only the upstream's own timeout counts against it, not a try cut
+            # short by the caller's deadline.
+            blame = not isinstance(exc, TimeoutError) or budget >= self.config.timeout
+            raise self._failure(exc, seconds=budget, blame=blame) from exc
+        finally:
+            self._slots.release()
+        self._record_status(reply.status)
+        return reply
+
+    def _failure(self, exc: BaseException, *, seconds: float, blame: bool) -> UpstreamError:
+        """The upstream error a failed call raises; held against the breaker if ``blame``."""
+        if not isinstance(exc, TimeoutError):
+            blocked = blocked_cause(exc)
+            if blocked is not None:
+                return BlockedDestination(self.name, f"{self.name}: {blocked}")
+        if blame:
+            self.breaker.record_failure()
+        if isinstance(exc, TimeoutError):
+            return UpstreamTimeout(self.name, f"{self.name} did not answer within {seconds:.3g}s")
+        return UpstreamUnavailable(self.name, f"{self.name} is unavailable: {exc}")
+
+    def _record_status(self, status: int) -> None:
+        if status >= 500:
+            self.breaker.record_failure()
+        else:
+            self.breaker.record_success()
+
+    async def _acquire_slot(self, seconds: float) -> None:
+        if not self._slots.locked():
+            # A slot is free: take it without arming a timer (the common case).
+            await self._slots.acquire()
+            return
+        try:
+            async with asyncio.timeout(max(seconds, 0)):
+                await self._slots.acquire()
+        except TimeoutError as exc:
+            raise UpstreamTimeout(
+                self.name,
+                f"{self.name}: all {self.config.max_connections} connections stayed busy",
+            ) from exc
+
+    def _admit(self) -> None:
+        if not self.breaker.allow():
+            raise CircuitOpen(
+                self.name,
+                f"{self.name}: circuit open, retry in {self.breaker.retry_after():.3g}s",
+            )
+
+    async def _request_following_redirects(
+        self, method: str, url: URL, headers: Headers | None, body: bytes | None
+    ) -> UpstreamReply:
+        for _hop in range(self.config.follow_redirects + 1):
+            async with self._session.request(
+                method,
+                url,
+                headers=self._headers(headers),
+                data=body,
+                allow_redirects=False,
+                timeout=aiohttp.ClientTimeout(sock_connect=self.config.connect_timeout),
+            ) as response:
+                location = response.headers.get("Location")
+                if (
+                    response.status not in REDIRECT_STATUSES
+                    or location is None
+                    or not self.config.follow_redirects
+                ):
+                    data = await read_capped(response, self.name, self.config.max_body_bytes)
+                    return UpstreamReply(self.name, response.status, response.headers, data)
+            url = self._checked_redirect(url, location)
+            if response.status == 303:
+                method, body = "GET", None
+        raise BadUpstreamPayload(
+            self.name, f"{self.name}: more than {self.config.follow_redirects} redirects"
+        )
+
+    def _checked_redirect(self, current: URL, location: str) -> URL:
+        target = current.join(URL(location))
+        origin = (target.scheme, (target.host or "").lower(), target.explicit_port)
+        if origin != self._origin:
+            # Only the configured origin may ever be contacted.
+            raise BlockedDestination(
+                self.name, f"{self.name}: redirect to another origin refused ({target.origin()})"
+            )
+        return target
+
+    def _headers(self, extra: Headers | None) -> CIMultiDict[str]:
+        # A multidict keeps repeated client headers (the proxy); the
+        # upstream's configured headers replace any of the same name.
+        merged: CIMultiDict[str] = CIMultiDict(extra or ())
+        for name, value in self.config.headers.items():
+            merged[name] = value
+        return merged
+
+    async def open_stream(
+        self,
+        method: str,
+        path_and_query: str,
+        *,
+        headers: Headers,
+        body: Body,
+    ) -> UpstreamStream:
+        """Send a request and return the response once its head arrived (body unread).
+
+        For the proxy: the body is passed through as sent (no decompression);
+        the caller closes the stream, which frees its connection slot. Without
+        a request body, the head must arrive within ``timeout``; while the
+        client's body is still being sent up, only an idle upstream (no bytes
+        for ``timeout``) ends the call, and failures then are not held against
+        the upstream: a slow or oversized upload is the client's doing.
+        """
+        return await self._observed(
+            method,
+            self._open_stream(method, path_and_query, headers, body),
+            lambda stream: stream.response.status,
+        )
+
+    async def _open_stream(
+        self, method: str, path_and_query: str, headers: Headers, body: Body
+    ) -> UpstreamStream:
+        self._admit()
+        url = self.url(path_and_query)
+        await self._acquire_slot(self.config.timeout)
+        upload = _TrackedBody(body) if body is not None and not isinstance(body, bytes) else None
+        try:
+            async with asyncio.timeout(self.config.timeout if upload is None else None):
+                response = await self._session.request(
+                    method,
+                    url,
+                    headers=self._headers(headers),
+                    data=upload.chunks() if upload is not None else body,
+                    allow_redirects=False,
+                    auto_decompress=False,
+                    timeout=aiohttp.ClientTimeout(
+                        sock_connect=self.config.connect_timeout, sock_read=self.config.timeout
+                    ),
+                )
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            self._slots.release()
+            blame = upload is None or upload.finished
+            raise self._failure(exc, seconds=self.config.timeout, blame=blame) from exc
+        except BaseException:
+            self._slots.release()
+            raise
+        self._record_status(response.status)
+        return UpstreamStream(response, self._slots.release)
+
+
+class _TrackedBody:
+    """A request body passed through, remembering whether it was sent whole."""
+
+    def __init__(self, source: AsyncIterable[bytes]) -> None:
+        self._source = source
+        self.finished = False
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        async for chunk in self._source:
+            yield chunk
+        self.finished = True
+
+
+class UpstreamStream:
+    """A proxied upstream response whose body is still to be read.
+
+    Close it once done (or abandoned): that returns or drops the connection
+    and frees the upstream's connection slot, exactly once.
+    """
+
+    def __init__(self, response: aiohttp.ClientResponse, free_slot: Callable[[], None]) -> None:
+        self.response = response
+        self._free_slot = free_slot
+        self._closed = False
+
+    def close(self) -> None:
+        """Release the connection (dropped if its body was not read to the end)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self.response.content.at_eof():
+            self.response.release()
+        else:
+            self.response.close()
+        self._free_slot()
+
+    async def chunks(self, size: int) -> AsyncIterator[bytes]:
+        """The body as it arrives; closes the stream when done, failed or abandoned."""
+        try:
+            async for chunk in self.response.content.iter_chunked(size):
+                yield chunk
+        finally:
+            self.close()

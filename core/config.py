@@ -1,0 +1,810 @@
+"""The gateway file (DESIGN.md section 3): parse and validate TOML into frozen dataclasses.
+
+Every problem is a ``ConfigError`` whose message names the file, the key path
+(``endpoints[0].backends[1].upstream``) and what was expected, so an invalid
+file stops startup with a message a user can act on.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import tomllib
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass, field, fields
+from datetime import date, datetime, time
+from types import MappingProxyType
+from typing import NoReturn
+from urllib.parse import urlsplit
+
+__all__ = [
+    "JOB_STORE_PREFIXES",
+    "METHODS",
+    "RESERVED_PREFIXES",
+    "AuthConfig",
+    "BackendConfig",
+    "CircuitBreakerConfig",
+    "ConfigError",
+    "EndpointConfig",
+    "GatewayConfig",
+    "JobsConfig",
+    "ServerConfig",
+    "UpstreamConfig",
+    "load_gateway_config",
+    "parse_gateway_config",
+    "route_variables",
+]
+
+#: Methods an aggregate endpoint may answer.
+METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
+#: Paths Fanout serves itself; an endpoint may not live under them.
+RESERVED_PREFIXES = ("/jobs", "/proxy", "/healthz", "/readyz", "/metrics", "/openapi.json", "/demo")
+#: The job stores Fanout knows.
+JOB_STORE_PREFIXES = ("memory://", "sqlite:///", "redis://")
+
+# Upstream, group and API key names: they appear in URLs (/proxy/<name>), JSON and logs.
+_NAME = re.compile(r"[A-Za-z0-9_-]+")
+_NAME_RULE = "letters, digits, '_' or '-'"
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# RFC 9110 section 5.6.2: a header name is a token.
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+# Keys that need no quotes in a TOML key path.
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+# Werkzeug's rule syntax: <name>, <converter:name>, <converter(arguments):name>.
+_ROUTE_VARIABLE = re.compile(
+    r"<(?:(?P<converter>[A-Za-z_][A-Za-z0-9_]*)(?:\((?P<arguments>[^)]*)\))?:)?"
+    r"(?P<name>[A-Za-z_][A-Za-z0-9_]*)>"
+)
+# Werkzeug's built-in converters; anything else would only fail later, at route registration.
+_CONVERTERS = frozenset({"default", "string", "path", "int", "float", "uuid", "any"})
+_PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_FIELD_PATH = re.compile(r"[^.\s]+(?:\.[^.\s]+)*")
+# Connection-level and framing headers (RFC 9110 section 7.6.1, plus Host and
+# Content-Length): the gateway and aiohttp own them, so config may not set or forward them.
+_MANAGED_HEADERS = frozenset(
+    {
+        "connection",
+        "content-length",
+        "host",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+# The merged response reports failed backends under this member.
+_ERRORS_MEMBER = "_errors"
+
+
+class ConfigError(ValueError):
+    """The gateway file is invalid."""
+
+    def __init__(self, source: str, key_path: str, problem: str) -> None:
+        self.source = source
+        self.key_path = key_path
+        self.problem = problem
+        where = f"{source}: {key_path}" if key_path else source
+        super().__init__(f"{where}: {problem}")
+
+    def __reduce__(self) -> tuple[type[ConfigError], tuple[str, str, str]]:
+        # ValueError would rebuild from the message alone, which this __init__ does not take.
+        return (type(self), (self.source, self.key_path, self.problem))
+
+
+def _no_headers() -> Mapping[str, str]:
+    return MappingProxyType({})
+
+
+def _no_upstreams() -> Mapping[str, UpstreamConfig]:
+    return MappingProxyType({})
+
+
+@dataclass(frozen=True)
+class CircuitBreakerConfig:
+    """When an upstream's circuit opens (consecutive failures) and how long it stays open."""
+
+    failures: int = 5
+    reset_after: float = 30.0
+
+
+@dataclass(frozen=True)
+class UpstreamConfig:
+    """One upstream HTTP API: where it is and how it is called."""
+
+    name: str
+    base_url: str
+    timeout: float = 2.0
+    connect_timeout: float = 0.5
+    retries: int = 0
+    max_connections: int = 100
+    # Read-only mappings are not hashable: leave them out of the hash (equality still uses them).
+    headers: Mapping[str, str] = field(default_factory=_no_headers, hash=False)
+    circuit_breaker: CircuitBreakerConfig = CircuitBreakerConfig()
+    internal: bool = False
+    forward_headers: tuple[str, ...] = ()
+    follow_redirects: int = 0
+    max_body_bytes: int = 8 * 1024 * 1024
+    retry_budget: float = 0.2
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    """One upstream call of an endpoint, and how its answer is merged."""
+
+    upstream: str
+    path: str
+    pass_query: bool = False
+    group: str | None = None
+    allow: tuple[str, ...] = ()
+    deny: tuple[str, ...] = ()
+    required: bool = False
+
+
+@dataclass(frozen=True)
+class EndpointConfig:
+    """One aggregate route: the client calls it, Fanout calls its backends."""
+
+    path: str
+    method: str = "GET"
+    timeout: float = 3.0
+    cache_ttl: float = 0.0
+    background: bool = False
+    # Keyword-only so it can stay required after the defaulted fields.
+    backends: tuple[BackendConfig, ...] = field(kw_only=True)
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Per-process server limits."""
+
+    max_body_bytes: int = 1_048_576
+    sync_threads: int = 64
+    trusted_proxies: int = 0
+
+
+@dataclass(frozen=True)
+class JobsConfig:
+    """Where background jobs are kept, and their bounds."""
+
+    store: str = "sqlite:///var/fanout/jobs.db"
+    max_running: int = 100
+    max_pending: int = 1000
+    default_timeout: float = 300.0
+    result_ttl: float = 86400.0
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    """API keys by name; none means the gateway is open."""
+
+    api_keys: Mapping[str, str] = field(default_factory=_no_headers, hash=False)
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """The whole gateway file."""
+
+    server: ServerConfig = ServerConfig()
+    jobs: JobsConfig = JobsConfig()
+    auth: AuthConfig = AuthConfig()
+    upstreams: Mapping[str, UpstreamConfig] = field(default_factory=_no_upstreams, hash=False)
+    endpoints: tuple[EndpointConfig, ...] = ()
+
+    def internal_hosts(self) -> frozenset[str]:
+        """Lower-cased hosts of the upstreams marked ``internal = true``."""
+        return frozenset(
+            _host(upstream.base_url) for upstream in self.upstreams.values() if upstream.internal
+        )
+
+
+def route_variables(route: str) -> frozenset[str]:
+    """Names of the ``<var>`` and ``<converter:var>`` parts of a Flask route."""
+    return frozenset(match["name"] for match in _ROUTE_VARIABLE.finditer(route))
+
+
+def parse_gateway_config(text: str, *, source: str, env: Mapping[str, str]) -> GatewayConfig:
+    """Parse and validate the gateway file's text; ``${NAME}`` values come from ``env``."""
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(source, "", f"invalid TOML: {exc}") from None
+    return _Parser(source, env).gateway(document)
+
+
+def load_gateway_config(path: str | os.PathLike[str], env: Mapping[str, str]) -> GatewayConfig:
+    """Read, parse and validate the gateway file at ``path``."""
+    source = os.fspath(path)
+    try:
+        with open(source, encoding="utf-8") as file:
+            text = file.read()
+    except FileNotFoundError:
+        raise ConfigError(source, "", "no such file") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(source, "", f"not valid UTF-8 text ({exc.reason})") from None
+    except OSError as exc:
+        raise ConfigError(source, "", f"cannot read the file: {exc.strerror or exc}") from None
+    return parse_gateway_config(text, source=source, env=env)
+
+
+def _host(url: str) -> str:
+    # urlsplit lower-cases the host already; validated URLs always have one.
+    return urlsplit(url).hostname or ""
+
+
+def _key(path: str, key: str) -> str:
+    """``path.key``, with the key quoted as TOML would need it."""
+    # TOML basic strings share JSON's escapes, so json.dumps gives a valid quoted key.
+    part = key if _BARE_KEY.fullmatch(key) else json.dumps(key)
+    return f"{path}.{part}" if path else part
+
+
+def _keys_of(cls: type, *, without: Collection[str] = ()) -> tuple[str, ...]:
+    """The TOML keys of a config section: its dataclass fields."""
+    return tuple(f.name for f in fields(cls) if f.name not in without)
+
+
+def _describe(value: object) -> str:
+    """A value as an error message shows it after "got"."""
+    if isinstance(value, bool):
+        return f"{'true' if value else 'false'} (a boolean)"
+    if isinstance(value, str):
+        return repr(value) if len(value) <= 80 else f"{value[:77]!r}..."
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, datetime | date | time):
+        return f"a date/time ({value.isoformat()})"
+    return type(value).__name__
+
+
+def _bounds(low: float | None, high: float | None, *, above: float | None = None) -> str:
+    """The range part of "expected a number ..."."""
+    if above is not None:
+        return f"> {above}"
+    if high is None:
+        return f">= {low}"
+    return f"from {low} to {high}"
+
+
+def _has_control(text: str, *, allow_tab: bool = False) -> bool:
+    return any(
+        (ord(ch) < 0x20 and not (allow_tab and ch == "\t")) or ord(ch) == 0x7F for ch in text
+    )
+
+
+def _route_shape(route: str) -> str:
+    """A route with variable names erased, so that /a/<x> and /a/<string:y> compare equal."""
+
+    def shape(match: re.Match[str]) -> str:
+        converter = match["converter"] or "string"
+        converter = "string" if converter == "default" else converter
+        return f"<{converter}({match['arguments'] or ''})>"
+
+    return _ROUTE_VARIABLE.sub(shape, route)
+
+
+class _Parser:
+    """Turns the decoded TOML document into a GatewayConfig, or raises ConfigError."""
+
+    def __init__(self, source: str, env: Mapping[str, str]) -> None:
+        self.source = source
+        self.env = env
+
+    def fail(self, key_path: str, problem: str) -> NoReturn:
+        raise ConfigError(self.source, key_path, problem)
+
+    # -- generic readers ---------------------------------------------------------
+
+    def check_keys(self, table: Mapping[str, object], path: str, allowed: Iterable[str]) -> None:
+        known = sorted(allowed)
+        for key in table:
+            if key not in known:
+                self.fail(_key(path, key), f"unknown key; expected one of {', '.join(known)}")
+
+    def table(self, value: object, path: str) -> dict[str, object]:
+        if not isinstance(value, dict):
+            self.fail(path, f"expected a table, got {_describe(value)}")
+        return value
+
+    def sub_table(self, parent: Mapping[str, object], key: str, path: str) -> dict[str, object]:
+        # TOML has no null, so None can only mean the key is absent.
+        value = parent.get(key)
+        return {} if value is None else self.table(value, _key(path, key))
+
+    def tables(self, value: object, path: str, header: str) -> list[dict[str, object]]:
+        if not isinstance(value, list):
+            self.fail(path, f"expected an array of tables ({header}), got {_describe(value)}")
+        return [self.table(item, f"{path}[{index}]") for index, item in enumerate(value)]
+
+    def interpolate(self, text: str, path: str) -> str:
+        """Replace ``${NAME}`` from the environment mapping and ``$$`` by ``$``."""
+        if "$" not in text:
+            return text
+        out: list[str] = []
+        start = 0
+        while (dollar := text.find("$", start)) >= 0:
+            out.append(text[start:dollar])
+            following = text[dollar + 1 : dollar + 2]
+            if following == "$":
+                out.append("$")
+                start = dollar + 2
+                continue
+            close = text.find("}", dollar + 2) if following == "{" else -1
+            name = text[dollar + 2 : close] if close >= 0 else ""
+            # A lone "$" is refused rather than kept: "$HOME" was surely meant as "${HOME}".
+            if not _ENV_NAME.fullmatch(name):
+                self.fail(
+                    path,
+                    f"invalid interpolation at character {dollar + 1}: write ${{NAME}} for an "
+                    "environment variable, or $$ for a literal '$'",
+                )
+            if name not in self.env:
+                self.fail(path, f"environment variable {name} is not set (used as ${{{name}}})")
+            # The value is inserted as is, never interpolated again.
+            out.append(self.env[name])
+            start = close + 1
+        out.append(text[start:])
+        return "".join(out)
+
+    def string(self, value: object, path: str) -> str:
+        if not isinstance(value, str):
+            self.fail(path, f"expected a string, got {_describe(value)}")
+        return self.interpolate(value, path)
+
+    def required_string(self, table: Mapping[str, object], key: str, path: str, hint: str) -> str:
+        if key not in table:
+            self.fail(_key(path, key), f"required; expected {hint}")
+        return self.string(table[key], _key(path, key))
+
+    def optional_string(
+        self, table: Mapping[str, object], key: str, path: str, default: str
+    ) -> str:
+        return self.string(table[key], _key(path, key)) if key in table else default
+
+    def strings(self, table: Mapping[str, object], key: str, path: str) -> tuple[str, ...] | None:
+        """An array of strings, or None when the key is absent."""
+        if key not in table:
+            return None
+        where = _key(path, key)
+        value = table[key]
+        if not isinstance(value, list):
+            self.fail(where, f"expected an array of strings, got {_describe(value)}")
+        return tuple(self.string(item, f"{where}[{index}]") for index, item in enumerate(value))
+
+    def boolean(self, table: Mapping[str, object], key: str, path: str, default: bool) -> bool:
+        value = table.get(key, default)
+        if not isinstance(value, bool):
+            self.fail(_key(path, key), f"expected true or false, got {_describe(value)}")
+        return value
+
+    def integer(
+        self,
+        table: Mapping[str, object],
+        key: str,
+        path: str,
+        default: int,
+        low: int,
+        high: int | None = None,
+    ) -> int:
+        value = table.get(key, default)
+        # bool is an int in Python, but "retries = true" is a mistake, not 1.
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int)
+            or value < low
+            or (high is not None and value > high)
+        ):
+            self.fail(
+                _key(path, key),
+                f"expected an integer {_bounds(low, high)}, got {_describe(value)}",
+            )
+        return value
+
+    def number(
+        self,
+        table: Mapping[str, object],
+        key: str,
+        path: str,
+        default: float,
+        *,
+        above: float | None = None,
+        low: float | None = None,
+        high: float | None = None,
+    ) -> float:
+        value = table.get(key, default)
+        expected = f"expected a number {_bounds(low, high, above=above)}"
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            self.fail(_key(path, key), f"{expected}, got {_describe(value)}")
+        if not math.isfinite(value):
+            self.fail(_key(path, key), f"{expected}, got {_describe(value)} (not a finite number)")
+        if (
+            (above is not None and value <= above)
+            or (low is not None and value < low)
+            or (high is not None and value > high)
+        ):
+            self.fail(_key(path, key), f"{expected}, got {_describe(value)}")
+        return float(value)
+
+    def name(self, value: str, path: str, what: str) -> str:
+        if not _NAME.fullmatch(value):
+            self.fail(path, f"invalid {what} {value!r}; expected {_NAME_RULE}")
+        return value
+
+    def header_name(self, value: str, path: str) -> str:
+        if not _TOKEN.fullmatch(value):
+            self.fail(
+                path,
+                f"invalid header name {value!r}; expected an HTTP token "
+                "(letters, digits and !#$%&'*+-.^_`|~)",
+            )
+        if value.lower() in _MANAGED_HEADERS:
+            self.fail(path, f"{value} is managed by the gateway and cannot be configured")
+        return value
+
+    # -- sections --------------------------------------------------------------
+
+    def gateway(self, document: Mapping[str, object]) -> GatewayConfig:
+        self.check_keys(document, "", _keys_of(GatewayConfig))
+        # Sections in the order the file usually has them, so the first error reported is the
+        # first a reader meets; endpoints come last because they refer to upstreams.
+        server = self.server(self.sub_table(document, "server", ""))
+        jobs = self.jobs(self.sub_table(document, "jobs", ""))
+        auth = self.auth(self.sub_table(document, "auth", ""))
+        upstreams = self.upstreams(self.sub_table(document, "upstreams", ""))
+        return GatewayConfig(
+            server=server,
+            jobs=jobs,
+            auth=auth,
+            upstreams=MappingProxyType(upstreams),
+            endpoints=self.endpoints(document.get("endpoints"), upstreams),
+        )
+
+    def server(self, table: Mapping[str, object]) -> ServerConfig:
+        path = "server"
+        self.check_keys(table, path, _keys_of(ServerConfig))
+        d = ServerConfig()
+        return ServerConfig(
+            max_body_bytes=self.integer(table, "max_body_bytes", path, d.max_body_bytes, 0),
+            sync_threads=self.integer(table, "sync_threads", path, d.sync_threads, 1),
+            trusted_proxies=self.integer(table, "trusted_proxies", path, d.trusted_proxies, 0),
+        )
+
+    def jobs(self, table: Mapping[str, object]) -> JobsConfig:
+        path = "jobs"
+        self.check_keys(table, path, _keys_of(JobsConfig))
+        d = JobsConfig()
+        store = self.optional_string(table, "store", path, d.store)
+        prefix = next((p for p in JOB_STORE_PREFIXES if store.startswith(p)), None)
+        # "memory://" needs nothing more; a file or a server must be named.
+        if prefix is None or (prefix != "memory://" and store == prefix):
+            self.fail(
+                _key(path, "store"),
+                "expected memory://, sqlite:///<path> or redis://<host>[:port][/db], "
+                f"got {_describe(store)}",
+            )
+        return JobsConfig(
+            store=store,
+            max_running=self.integer(table, "max_running", path, d.max_running, 1),
+            max_pending=self.integer(table, "max_pending", path, d.max_pending, 0),
+            default_timeout=self.number(table, "default_timeout", path, d.default_timeout, above=0),
+            result_ttl=self.number(table, "result_ttl", path, d.result_ttl, above=0),
+        )
+
+    def auth(self, table: Mapping[str, object]) -> AuthConfig:
+        path = "auth"
+        self.check_keys(table, path, _keys_of(AuthConfig))
+        where = _key(path, "api_keys")
+        keys: dict[str, str] = {}
+        owners: dict[str, str] = {}
+        for name, value in self.sub_table(table, "api_keys", path).items():
+            key_path = _key(where, name)
+            self.name(name, key_path, "API key name")
+            key = self.string(value, key_path)
+            # Never echo a key: error messages end up in logs.
+            if len(key) < 16:
+                self.fail(key_path, f"expected a key of at least 16 characters, got {len(key)}")
+            if not key.isascii() or any(ch.isspace() for ch in key) or _has_control(key):
+                self.fail(
+                    key_path,
+                    "expected a key of visible ASCII characters (it is sent as a Bearer token)",
+                )
+            if key in owners:
+                self.fail(key_path, f"the same key as {_key(where, owners[key])}; keys must differ")
+            owners[key] = name
+            keys[name] = key
+        return AuthConfig(api_keys=MappingProxyType(keys))
+
+    def upstreams(self, table: Mapping[str, object]) -> dict[str, UpstreamConfig]:
+        upstreams: dict[str, UpstreamConfig] = {}
+        for name, value in table.items():
+            path = _key("upstreams", name)
+            self.name(name, path, "upstream name")
+            upstreams[name] = self.upstream(name, self.table(value, path), path)
+        # The address guard decides per host, so one host cannot be both allowed and refused.
+        first_by_host: dict[str, UpstreamConfig] = {}
+        for upstream in upstreams.values():
+            host = _host(upstream.base_url)
+            other = first_by_host.setdefault(host, upstream)
+            if other.internal != upstream.internal:
+                self.fail(
+                    _key(_key("upstreams", upstream.name), "internal"),
+                    f"host {host!r} is also used by upstream {other.name!r} with internal = "
+                    f"{'true' if other.internal else 'false'}; upstreams on one host must agree",
+                )
+        return upstreams
+
+    def upstream(self, name: str, table: Mapping[str, object], path: str) -> UpstreamConfig:
+        self.check_keys(table, path, _keys_of(UpstreamConfig, without={"name"}))
+        d = UpstreamConfig(name=name, base_url="")
+        timeout = self.number(table, "timeout", path, d.timeout, above=0)
+        connect_timeout = self.number(table, "connect_timeout", path, d.connect_timeout, above=0)
+        if connect_timeout > timeout:
+            self.fail(
+                _key(path, "connect_timeout"),
+                f"expected a number > 0 and <= timeout ({timeout:g}), got {connect_timeout:g}",
+            )
+        return UpstreamConfig(
+            name=name,
+            base_url=self.base_url(table, path),
+            timeout=timeout,
+            connect_timeout=connect_timeout,
+            retries=self.integer(table, "retries", path, d.retries, 0, 10),
+            max_connections=self.integer(table, "max_connections", path, d.max_connections, 1),
+            headers=self.headers(table, path),
+            circuit_breaker=self.circuit_breaker(table, path),
+            internal=self.boolean(table, "internal", path, d.internal),
+            forward_headers=self.forward_headers(table, path),
+            follow_redirects=self.integer(table, "follow_redirects", path, 0, 0, 10),
+            max_body_bytes=self.integer(table, "max_body_bytes", path, d.max_body_bytes, 1),
+            retry_budget=self.number(table, "retry_budget", path, d.retry_budget, low=0, high=1),
+        )
+
+    def base_url(self, table: Mapping[str, object], path: str) -> str:
+        where = _key(path, "base_url")
+        url = self.required_string(table, "base_url", path, "an http or https URL")
+        if any(ch.isspace() for ch in url) or _has_control(url):
+            self.fail(where, "expected a URL without spaces or control characters")
+        try:
+            parts = urlsplit(url)
+            port = parts.port
+        except ValueError as exc:
+            self.fail(where, f"not a valid URL ({exc})")
+        # Checked first and never echoed: user info is a password.
+        if "@" in parts.netloc:
+            self.fail(where, "must not contain user info (user:password@); use headers instead")
+        if parts.scheme.lower() not in ("http", "https"):
+            self.fail(where, f"expected an http or https URL, got {_describe(url)}")
+        if not parts.hostname:
+            self.fail(where, f"expected a URL with a host, got {_describe(url)}")
+        if port == 0:
+            self.fail(where, f"expected a port from 1 to 65535, got {_describe(url)}")
+        # Paths are appended to the base URL, so a query or fragment there would swallow them.
+        if "?" in url or "#" in url:
+            self.fail(where, f"expected a URL without query or fragment, got {_describe(url)}")
+        return url.rstrip("/")
+
+    def headers(self, table: Mapping[str, object], path: str) -> Mapping[str, str]:
+        where = _key(path, "headers")
+        headers: dict[str, str] = {}
+        seen: dict[str, str] = {}
+        for name, value in self.sub_table(table, "headers", path).items():
+            key_path = _key(where, name)
+            self.header_name(name, key_path)
+            if name.lower() in seen:
+                self.fail(key_path, f"the same header as {_key(where, seen[name.lower()])}")
+            seen[name.lower()] = name
+            text = self.string(value, key_path)
+            # Values often hold tokens: describe the problem, never the value.
+            if _has_control(text, allow_tab=True):
+                self.fail(key_path, "header values must not contain control characters (CR, LF)")
+            if text != text.strip(" \t"):
+                self.fail(key_path, "header values must not start or end with whitespace")
+            headers[name] = text
+        return MappingProxyType(headers)
+
+    def forward_headers(self, table: Mapping[str, object], path: str) -> tuple[str, ...]:
+        names = self.strings(table, "forward_headers", path) or ()
+        where = _key(path, "forward_headers")
+        seen: set[str] = set()
+        for index, name in enumerate(names):
+            self.header_name(name, f"{where}[{index}]")
+            if name.lower() in seen:
+                self.fail(f"{where}[{index}]", f"{name} is listed twice")
+            seen.add(name.lower())
+        return names
+
+    def circuit_breaker(self, table: Mapping[str, object], path: str) -> CircuitBreakerConfig:
+        where = _key(path, "circuit_breaker")
+        section = self.sub_table(table, "circuit_breaker", path)
+        self.check_keys(section, where, _keys_of(CircuitBreakerConfig))
+        d = CircuitBreakerConfig()
+        return CircuitBreakerConfig(
+            failures=self.integer(section, "failures", where, d.failures, 1),
+            reset_after=self.number(section, "reset_after", where, d.reset_after, above=0),
+        )
+
+    def endpoints(
+        self, value: object, upstreams: Mapping[str, UpstreamConfig]
+    ) -> tuple[EndpointConfig, ...]:
+        if value is None:
+            return ()
+        endpoints: list[EndpointConfig] = []
+        defined: dict[tuple[str, str], str] = {}
+        for index, table in enumerate(self.tables(value, "endpoints", "[[endpoints]]")):
+            path = f"endpoints[{index}]"
+            endpoint = self.endpoint(table, path, upstreams)
+            # Flask would silently route the second of two equal rules to the first.
+            route = (endpoint.method, _route_shape(endpoint.path))
+            if route in defined:
+                self.fail(
+                    _key(path, "path"),
+                    f"{endpoint.method} {endpoint.path} is already defined by {defined[route]}",
+                )
+            defined[route] = path
+            endpoints.append(endpoint)
+        return tuple(endpoints)
+
+    def endpoint(
+        self, table: Mapping[str, object], path: str, upstreams: Mapping[str, UpstreamConfig]
+    ) -> EndpointConfig:
+        self.check_keys(table, path, _keys_of(EndpointConfig))
+        route = self.route(table, path)
+        written = self.optional_string(table, "method", path, "GET")
+        method = written.upper()
+        if method not in METHODS:
+            self.fail(
+                _key(path, "method"), f"expected one of {', '.join(METHODS)}, got {written!r}"
+            )
+        d = EndpointConfig(path=route, backends=())
+        where = _key(path, "backends")
+        if "backends" not in table:
+            self.fail(where, "required; expected at least one [[endpoints.backends]] table")
+        raw_backends = self.tables(table["backends"], where, "[[endpoints.backends]]")
+        if not raw_backends:
+            self.fail(where, "expected at least one backend, got an empty array")
+        variables = route_variables(route)
+        backends: list[BackendConfig] = []
+        groups: dict[str, str] = {}
+        for index, backend_table in enumerate(raw_backends):
+            backend_path = f"{where}[{index}]"
+            backend = self.backend(backend_table, backend_path, route, variables, upstreams)
+            if backend.group is not None:
+                if backend.group in groups:
+                    self.fail(
+                        _key(backend_path, "group"),
+                        f"group {backend.group!r} is already used by {groups[backend.group]}",
+                    )
+                groups[backend.group] = backend_path
+            backends.append(backend)
+        return EndpointConfig(
+            path=route,
+            method=method,
+            timeout=self.number(table, "timeout", path, d.timeout, above=0),
+            cache_ttl=self.number(table, "cache_ttl", path, d.cache_ttl, low=0),
+            background=self.boolean(table, "background", path, d.background),
+            backends=tuple(backends),
+        )
+
+    def route(self, table: Mapping[str, object], path: str) -> str:
+        where = _key(path, "path")
+        route = self.required_string(table, "path", path, "a route such as '/profiles/<user_id>'")
+        if not route.startswith("/"):
+            self.fail(where, f"expected a route starting with '/', got {_describe(route)}")
+        if any(ch.isspace() for ch in route) or _has_control(route) or "?" in route or "#" in route:
+            self.fail(
+                where,
+                f"expected a route without spaces, '?' or '#', got {_describe(route)}",
+            )
+        seen: set[str] = set()
+        for match in _ROUTE_VARIABLE.finditer(route):
+            converter = match["converter"]
+            if converter is not None and converter not in _CONVERTERS:
+                self.fail(
+                    where,
+                    f"unknown converter {converter!r} in {match[0]}; "
+                    f"expected one of {', '.join(sorted(_CONVERTERS))}",
+                )
+            if match["name"] in seen:
+                self.fail(where, f"variable {match['name']!r} appears twice")
+            seen.add(match["name"])
+        rest = _ROUTE_VARIABLE.sub("", route)
+        if "<" in rest or ">" in rest:
+            self.fail(
+                where,
+                f"malformed variable in {_describe(route)}; expected <name> or <converter:name>",
+            )
+        # Compared by path segment: "/jobs/x" clashes with Fanout's routes, "/jobsearch" does not.
+        for prefix in RESERVED_PREFIXES:
+            if route == prefix or route.startswith(f"{prefix}/"):
+                self.fail(where, f"{prefix} is reserved for the gateway's own routes")
+        return route
+
+    def backend(
+        self,
+        table: Mapping[str, object],
+        path: str,
+        route: str,
+        variables: frozenset[str],
+        upstreams: Mapping[str, UpstreamConfig],
+    ) -> BackendConfig:
+        self.check_keys(table, path, _keys_of(BackendConfig))
+        d = BackendConfig(upstream="", path="")
+        upstream = self.required_string(table, "upstream", path, "the name of an upstream")
+        if upstream not in upstreams:
+            configured = (
+                f"configured: {', '.join(sorted(upstreams))}"
+                if upstreams
+                else "no [upstreams.<name>] is configured"
+            )
+            self.fail(_key(path, "upstream"), f"unknown upstream {upstream!r}; {configured}")
+        group = self.optional_string(table, "group", path, "") if "group" in table else None
+        if group is not None:
+            self.name(group, _key(path, "group"), "group name")
+            if group == _ERRORS_MEMBER:
+                self.fail(_key(path, "group"), f"{_ERRORS_MEMBER} is where failures are reported")
+        allow = self.field_paths(table, "allow", path)
+        deny = self.field_paths(table, "deny", path)
+        if allow is not None and deny is not None:
+            self.fail(_key(path, "deny"), "allow and deny are mutually exclusive; keep one")
+        return BackendConfig(
+            upstream=upstream,
+            path=self.backend_path(table, path, route, variables),
+            pass_query=self.boolean(table, "pass_query", path, d.pass_query),
+            group=group,
+            allow=allow or (),
+            deny=deny or (),
+            required=self.boolean(table, "required", path, d.required),
+        )
+
+    def backend_path(
+        self, table: Mapping[str, object], path: str, route: str, variables: frozenset[str]
+    ) -> str:
+        where = _key(path, "path")
+        target = self.required_string(table, "path", path, "a path such as '/users/{user_id}'")
+        # "//host" would be read as another host by anything that resolves it as a reference.
+        if not target.startswith("/") or target.startswith("//"):
+            self.fail(where, f"expected a path starting with a single '/', got {_describe(target)}")
+        if any(ch.isspace() for ch in target) or _has_control(target) or "#" in target:
+            self.fail(where, f"expected a path without spaces or '#', got {_describe(target)}")
+        for match in _PLACEHOLDER.finditer(target):
+            name = match[1]
+            if not _IDENTIFIER.fullmatch(name):
+                self.fail(where, f"invalid placeholder {match[0]}; expected {{name}}")
+            if name not in variables:
+                known = ", ".join(sorted(variables)) or "none"
+                self.fail(
+                    where,
+                    f"placeholder {match[0]} is not a variable of the endpoint path {route!r} "
+                    f"(variables: {known})",
+                )
+        if any(brace in _PLACEHOLDER.sub("", target) for brace in "{}"):
+            self.fail(where, f"unbalanced '{{' or '}}' in {_describe(target)}")
+        return target
+
+    def field_paths(
+        self, table: Mapping[str, object], key: str, path: str
+    ) -> tuple[str, ...] | None:
+        entries = self.strings(table, key, path)
+        if entries is None:
+            return None
+        where = _key(path, key)
+        # An empty list would read as "keep nothing" or "filter nothing": refuse the ambiguity.
+        if not entries:
+            self.fail(where, "expected at least one field path, got an empty array")
+        for index, entry in enumerate(entries):
+            if not _FIELD_PATH.fullmatch(entry):
+                self.fail(
+                    f"{where}[{index}]",
+                    f"expected a dotted field path such as 'user.name', got {_describe(entry)}",
+                )
+            if entry in entries[:index]:
+                self.fail(f"{where}[{index}]", f"{entry!r} is listed twice")
+        return entries

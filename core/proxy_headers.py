@@ -1,0 +1,72 @@
+"""Which headers the proxy sends upstream and back to the client (pure)."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass
+
+from core.headers import forwarded_for, strip_hop_by_hop
+
+#: Client headers never passed on as sent: the proxy sets its own values.
+_REPLACED = frozenset(
+    {"host", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-request-id"}
+)
+#: Upstream response headers the serving front end sets itself (else they
+#: would reach the client twice).
+_SERVER_OWNED = frozenset({"date", "server"})
+#: Credentials, passed on only when the upstream's forward_headers names them.
+_CREDENTIALS = frozenset({"cookie", "authorization"})
+
+
+@dataclass(frozen=True)
+class ClientSide:
+    """What the proxy knows of the client's request."""
+
+    address: str
+    scheme: str
+    host: str
+    request_id: str
+
+
+def upstream_request_headers(
+    headers: Iterable[tuple[str, str]],
+    *,
+    client: ClientSide,
+    forward: Collection[str],
+    trusted_proxies: int,
+) -> list[tuple[str, str]]:
+    """The headers to send upstream for a client's request."""
+    allowed = {name.lower() for name in forward}
+    kept: list[tuple[str, str]] = []
+    seen_for: list[str] = []
+    seen_proto: str | None = None
+    for name, value in strip_hop_by_hop(headers):
+        lower = name.lower()
+        if lower == "x-forwarded-for":
+            seen_for.append(value)
+        elif lower == "x-forwarded-proto" and seen_proto is None:
+            seen_proto = value.split(",")[0].strip()
+        if lower in _REPLACED or (lower in _CREDENTIALS and lower not in allowed):
+            continue
+        kept.append((name, value))
+    existing_for = ", ".join(seen_for) or None
+    # The client's own X-Forwarded-* are believed only behind trusted proxies.
+    proto = seen_proto if trusted_proxies and seen_proto else client.scheme
+    kept += [
+        ("X-Forwarded-For", forwarded_for(existing_for, client.address, trusted_proxies)),
+        ("X-Forwarded-Proto", proto),
+        ("X-Forwarded-Host", client.host),
+        ("X-Request-ID", client.request_id),
+    ]
+    return kept
+
+
+def client_response_headers(
+    headers: Iterable[tuple[str, str]], *, pass_cookies: bool
+) -> list[tuple[str, str]]:
+    """The upstream's response headers as passed back to the client."""
+    return [
+        (name, value)
+        for name, value in strip_hop_by_hop(headers)
+        if name.lower() not in _SERVER_OWNED and (pass_cookies or name.lower() != "set-cookie")
+    ]

@@ -1,0 +1,1 @@
+"""A bundled demo upstream: a few realistic JSON APIs, so the example runs offline."""

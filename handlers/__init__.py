@@ -1,0 +1,1 @@
+"""Blueprints of views: thin (parse, call, shape)."""

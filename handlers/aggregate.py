@@ -1,0 +1,167 @@
+"""Aggregate endpoints from the gateway config: call every backend at once, merge."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from typing import Any
+
+from flask import Flask, Response, abort, current_app, request
+
+from clients.errors import UpstreamError, UpstreamStatusError
+from clients.upstream import UpstreamReply
+from clients.upstreams import Upstreams
+from core.aggregate import BackendFailure, decide
+from core.cache_control import response_ttl
+from core.config import BackendConfig, EndpointConfig
+from core.merge import Part, filter_fields
+from core.paths import append_query, expand_path
+from errors import PROBLEM_JSON, upstream_status
+from handlers.jobs import prefers_async, start_job
+from jobs.model import StoredResponse
+from request_ids import HEADER, current_request_id
+from resources import upstreams
+
+COMPLETED_HEADER = "X-Fanout-Completed"
+BODYLESS_METHODS = frozenset({"GET", "HEAD", "DELETE"})
+
+
+def register_endpoints(app: Flask, endpoints: Sequence[EndpointConfig]) -> None:
+    """Add one route per configured endpoint."""
+    for index, endpoint in enumerate(endpoints):
+        app.add_url_rule(
+            endpoint.path,
+            endpoint=f"gateway_endpoint_{index}",
+            view_func=_view_for(endpoint),
+            methods=[endpoint.method],
+        )
+
+
+def _view_for(endpoint: EndpointConfig) -> Callable[..., Coroutine[Any, Any, Response]]:
+    async def aggregate_view(**route_values: Any) -> Response:
+        return await aggregate(endpoint, route_values)
+
+    aggregate_view.__doc__ = f"{endpoint.method} {endpoint.path}: aggregate its backends."
+    return aggregate_view
+
+
+async def aggregate(endpoint: EndpointConfig, route_values: Mapping[str, Any]) -> Response:
+    """Answer the merged result of the endpoint's backends, or start it as a job."""
+    pool = upstreams(current_app)
+    paths = _backend_paths(endpoint, route_values, request.query_string.decode("latin-1"))
+    body = None if endpoint.method in BODYLESS_METHODS else request.get_data()
+    request_id = current_request_id()
+
+    async def run() -> StoredResponse:
+        return await fan_out(pool, endpoint, paths, body=body, request_id=request_id)
+
+    if endpoint.background or prefers_async():
+        params = {"method": endpoint.method, "path": request.full_path.rstrip("?")}
+        return await start_job(
+            "endpoint", lambda _context: run(), params=params, time_limit=endpoint.timeout
+        )
+    answer = await run()
+    return Response(answer.body, status=answer.status, headers=list(answer.headers))
+
+
+async def fan_out(
+    pool: Upstreams,
+    endpoint: EndpointConfig,
+    paths: Sequence[str],
+    *,
+    body: bytes | None,
+    request_id: str,
+) -> StoredResponse:
+    """Call the endpoint's backends concurrently; return its answer, merged."""
+    deadline = asyncio.get_running_loop().time() + endpoint.timeout
+    call = _BackendCall(pool, endpoint, headers={HEADER: request_id}, body=body, deadline=deadline)
+    results = await asyncio.gather(
+        *(call.run(backend, path) for backend, path in zip(endpoint.backends, paths, strict=True)),
+        return_exceptions=True,
+    )
+    parts: list[Part] = []
+    failures: list[BackendFailure] = []
+    for backend, result in zip(endpoint.backends, results, strict=True):
+        if isinstance(result, Part):
+            parts.append(result)
+        elif isinstance(result, UpstreamError):
+            status, title = upstream_status(result)
+            label = backend.group or backend.upstream
+            failures.append(BackendFailure(label, status, title, str(result), backend.required))
+        else:
+            raise result  # a bug, not an upstream failure: the 500 handler logs it
+    outcome = decide(parts, failures)
+    content_type = "application/json" if outcome.status < 400 else PROBLEM_JSON
+    return StoredResponse(
+        status=outcome.status,
+        headers=(
+            ("Content-Type", content_type),
+            (COMPLETED_HEADER, "true" if outcome.completed else "false"),
+        ),
+        body=json.dumps(outcome.body).encode(),
+    )
+
+
+def _backend_paths(
+    endpoint: EndpointConfig, route_values: Mapping[str, Any], query: str
+) -> list[str]:
+    paths = []
+    for backend in endpoint.backends:
+        try:
+            path = expand_path(backend.path, route_values)
+        except ValueError as exc:
+            # e.g. a route value of ".." that would climb out of its segment
+            abort(400, description=f"Invalid path parameter: {exc}")
+        paths.append(append_query(path, query) if backend.pass_query else path)
+    return paths
+
+
+class _BackendCall:
+    """One request's calls to its endpoint's backends."""
+
+    def __init__(
+        self,
+        pool: Upstreams,
+        endpoint: EndpointConfig,
+        *,
+        headers: Mapping[str, str],
+        body: bytes | None,
+        deadline: float,
+    ) -> None:
+        self._pool = pool
+        self._endpoint = endpoint
+        self._headers = headers
+        self._body = body
+        self._deadline = deadline
+
+    async def run(self, backend: BackendConfig, path: str) -> Part:
+        """Call one backend and return its filtered data, or raise UpstreamError."""
+        reply = await self._reply(backend.upstream, path)
+        if not 200 <= reply.status < 300:
+            raise UpstreamStatusError(backend.upstream, reply.status)
+        data = filter_fields(reply.json(), allow=backend.allow, deny=backend.deny)
+        return Part(name=backend.upstream, group=backend.group, data=data)
+
+    async def _reply(self, upstream: str, path: str) -> UpstreamReply:
+        client = self._pool[upstream]
+        method = self._endpoint.method
+
+        def fetch() -> Coroutine[Any, Any, UpstreamReply]:
+            return client.fetch(
+                method, path, deadline=self._deadline, headers=self._headers, body=self._body
+            )
+
+        if method != "GET":
+            return await fetch()
+        key = (upstream, path)
+        ttl = self._endpoint.cache_ttl
+        if ttl > 0:
+            cached = self._pool.cache.get(key)
+            if cached is not None:
+                return cached
+        # Identical GETs in flight at once share one upstream call.
+        reply = await self._pool.coalescer.run(key, fetch)
+        if ttl > 0 and 200 <= reply.status < 300:
+            self._pool.cache.put(key, reply, response_ttl(reply.headers.get("Cache-Control"), ttl))
+        return reply

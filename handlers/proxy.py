@@ -1,0 +1,84 @@
+"""``ANY /proxy/<upstream>/<path>``: forward to a configured upstream, streaming both ways."""
+
+from __future__ import annotations
+
+from urllib.parse import quote, unquote
+
+from flask import Blueprint, Response, abort, current_app, request
+from werkzeug.exceptions import RequestEntityTooLarge
+
+from bridge import iterate_async, request_body_chunks, request_body_over_limit
+from clients.errors import UpstreamError
+from core.proxy_headers import ClientSide, client_response_headers, upstream_request_headers
+from request_ids import current_request_id
+from resources import gateway_config, upstreams
+
+blueprint = Blueprint("proxy", __name__)
+
+METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+CHUNK_BYTES = 64 * 1024
+
+
+@blueprint.route("/proxy/<upstream>/", defaults={"path": ""}, methods=METHODS)
+@blueprint.route("/proxy/<upstream>/<path:path>", methods=METHODS)
+async def proxy(upstream: str, path: str) -> Response:
+    """Forward the request to the upstream and stream its answer back."""
+    client = upstreams(current_app).get(upstream)
+    if client is None:
+        abort(404, description=f"No upstream named {upstream!r} is configured.")
+    target = _upstream_path(upstream, path)
+    headers = upstream_request_headers(
+        request.headers.items(),
+        client=ClientSide(
+            address=request.remote_addr or "",
+            scheme=request.scheme,
+            host=request.host,
+            request_id=current_request_id(),
+        ),
+        forward=client.config.forward_headers,
+        trusted_proxies=gateway_config(current_app).server.trusted_proxies,
+    )
+    has_body = request.content_length or "chunked" in request.headers.get("Transfer-Encoding", "")
+    body = request_body_chunks() if has_body else None
+    try:
+        stream = await client.open_stream(request.method, target, headers=headers, body=body)
+    except UpstreamError:
+        # A body that went over the limit while being streamed up shows as a
+        # broken upstream call: answer 413, as for a declared length.
+        if request_body_over_limit():
+            raise RequestEntityTooLarge() from None
+        raise
+    answer = stream.response
+    pass_cookies = "cookie" in {name.lower() for name in client.config.forward_headers}
+    response = Response(
+        iterate_async(stream.chunks(CHUNK_BYTES)),
+        status=answer.status,
+        headers=client_response_headers(answer.headers.items(), pass_cookies=pass_cookies),
+    )
+    if "Content-Type" not in answer.headers:
+        # Werkzeug adds text/html by default; say nothing the upstream did not.
+        del response.headers["Content-Type"]
+    # Also closed when the body is never iterated (HEAD, 204, 304).
+    response.call_on_close(stream.close)
+    return response
+
+
+def _upstream_path(upstream: str, path: str) -> str:
+    scope = request.environ.get("asgi.scope")
+    prefix = f"/proxy/{upstream}".encode()
+    raw: bytes | None = scope.get("raw_path") if scope else None
+    if raw is not None and raw.startswith(prefix):
+        # The path exactly as the client encoded it (%2F stays %2F).
+        tail = raw[len(prefix) :].decode("latin-1")
+    else:
+        tail = "/" + quote(path, safe="/:@!$&'()*+,;=-._~")
+    # The tail is appended to the upstream's base URL: anything but "/..."
+    # (e.g. "%2F@other.host/") could change the host, and dot segments could
+    # climb out of the base URL's path.
+    if not tail.startswith("/") or tail.startswith("//"):
+        abort(404, description="No such proxied path.")
+    # Checked after decoding too: an upstream that decodes %2F would see them.
+    if any(segment in (".", "..") for segment in unquote(tail).split("/")):
+        abort(400, description="Proxied paths may not contain . or .. segments.")
+    query = request.query_string.decode("latin-1")
+    return f"{tail}?{query}" if query else tail

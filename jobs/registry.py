@@ -1,0 +1,431 @@
+"""The job registry: jobs run as tasks on this worker's loop, their records in the store."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from jobs import model
+from jobs.model import JobRecord, JobStatus, Progress, StoredResponse
+from jobs.store import JobStore, StaleRecord, StoreUnavailable
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class JobLimits:
+    """Bounds and timings of one worker's registry."""
+
+    max_running: int = 100
+    max_pending: int = 1000
+    default_timeout: float = 300.0
+    result_ttl: float = 86400.0
+    #: How long a worker's claim on its jobs holds without renewal.
+    lease_seconds: float = 10.0
+    #: How often leases are renewed, remote cancels looked for, and watchers re-read.
+    poll_seconds: float = 0.5
+    #: How often expired jobs are swept from the store.
+    sweep_seconds: float = 60.0
+
+
+class QueueFull(RuntimeError):
+    """max_running + max_pending jobs are already here: try again later."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__("too many jobs running or waiting on this worker")
+        self.retry_after = retry_after
+
+
+class RegistryClosed(RuntimeError):
+    """The registry is shutting down and accepts no more jobs."""
+
+
+class JobFailure(Exception):
+    """Raised by a job to fail with these problem details."""
+
+    def __init__(self, problem: dict[str, Any]) -> None:
+        super().__init__(problem.get("detail") or problem.get("title"))
+        self.problem = problem
+
+
+class JobContext:
+    """What a running job sees: its record's params, and progress reporting."""
+
+    #: Progress is written at most this often (the last item always is).
+    PROGRESS_INTERVAL = 0.2
+
+    def __init__(self, registry: JobRegistry, record: JobRecord) -> None:
+        self._registry = registry
+        self._record = record
+        self._last_write = 0.0
+
+    @property
+    def job_id(self) -> str:
+        """The job's id."""
+        return self._record.id
+
+    @property
+    def record(self) -> JobRecord:
+        """The job's record as last written by this context."""
+        return self._record
+
+    @property
+    def params(self) -> Any:
+        """The parameters the job was started with."""
+        return self._record.params
+
+    async def progress(self, done: int, total: int | None = None, message: str = "") -> None:
+        """Report how far the job has come (visible to pollers and event streams)."""
+        now = time.monotonic()
+        last = total is not None and done >= total
+        if not last and now - self._last_write < self.PROGRESS_INTERVAL:
+            return
+        self._last_write = now
+        updated = model.report_progress(self._record, Progress(done, total, message))
+        self._record = await self._registry.write(updated, expected=JobStatus.RUNNING)
+
+
+JobBody = Callable[[JobContext], Awaitable[StoredResponse]]
+
+
+class JobObserver(Protocol):
+    """Told of every change of a job's status on this worker (metrics)."""
+
+    def observe_job(self, kind: str, before: JobStatus | None, after: JobStatus) -> None:
+        """The job moved from ``before`` (None: new) to ``after``."""
+
+
+class JobRegistry:
+    """Runs jobs with ``asyncio.create_task`` and keeps their records in the store.
+
+    - At most ``max_running`` run at once; at most ``max_pending`` more wait.
+    - Each job holds a lease in the store, renewed while this worker lives;
+      another worker marks it interrupted once the lease lapses.
+    - A cancel recorded in the store by any worker reaches the task here
+      within ``poll_seconds``.
+    - On shutdown, running jobs get a grace period, then are cancelled and
+      recorded as interrupted.
+    """
+
+    def __init__(
+        self,
+        store: JobStore,
+        limits: JobLimits,
+        *,
+        worker_id: str | None = None,
+        clock: Callable[[], float] = time.time,
+        observer: JobObserver | None = None,
+    ) -> None:
+        self.store = store
+        self._observer = observer
+        self.limits = limits
+        self.worker_id = worker_id or uuid.uuid4().hex
+        self._clock = clock
+        self._slots = asyncio.Semaphore(limits.max_running)
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        #: Why a task was cancelled: "cancel" (asked) or "shutdown".
+        self._stop_reasons: dict[str, str] = {}
+        self._changed = asyncio.Condition()
+        self._accepting = True
+        self._starting = 0
+        self._maintenance: asyncio.Task[None] | None = None
+
+    # Lifecycle
+
+    def start(self) -> None:
+        """Start the maintenance loop (leases, remote cancels, lapsed jobs, sweeping)."""
+        self._maintenance = asyncio.get_running_loop().create_task(
+            self._maintain(), name=f"jobs-maintenance-{self.worker_id[:8]}"
+        )
+
+    async def close(self, grace_seconds: float) -> None:
+        """Stop accepting; let running jobs finish within the grace, then interrupt the rest."""
+        self._accepting = False
+        tasks = list(self._tasks.values())
+        if tasks:
+            _, unfinished = await asyncio.wait(tasks, timeout=grace_seconds)
+            for job_id, task in list(self._tasks.items()):
+                if task in unfinished:
+                    self._stop_reasons.setdefault(job_id, "shutdown")
+                    task.cancel()
+            await asyncio.gather(*unfinished, return_exceptions=True)
+        if self._maintenance is not None:
+            self._maintenance.cancel()
+            await asyncio.gather(self._maintenance, return_exceptions=True)
+
+    async def drained(self) -> None:
+        """Wait until every job of this worker has finished."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks.values()), return_exceptions=True)
+
+    @property
+    def running_here(self) -> int:
+        """Jobs of this worker not finished yet (running or waiting for a slot)."""
+        return len(self._tasks)
+
+    # Starting
+
+    async def submit(
+        self,
+        kind: str,
+        body: JobBody,
+        *,
+        params: Any = None,
+        owner: str | None = None,
+        idempotency_key: str | None = None,
+        time_limit: float | None = None,
+    ) -> JobRecord:
+        """Store a new job and start it; return its record (or the idempotent original)."""
+        if not self._accepting:
+            raise RegistryClosed("the worker is shutting down")
+        if len(self._tasks) + self._starting >= self.limits.max_running + self.limits.max_pending:
+            raise QueueFull(retry_after=max(1, round(self.limits.poll_seconds * 4)))
+        now = self._clock()
+        record = JobRecord(
+            id=model.new_job_id(),
+            kind=kind,
+            owner=owner,
+            status=JobStatus.PENDING,
+            created_at=now,
+            params=params,
+            idempotency_key=idempotency_key,
+            worker=self.worker_id,
+            lease_until=now + self.limits.lease_seconds,
+            timeout=time_limit or self.limits.default_timeout,
+        )
+        # Saved before anyone is told of it: a store failure starts nothing.
+        # Counted meanwhile, so concurrent starts cannot pass the bound together.
+        self._starting += 1
+        try:
+            stored = await self.store.create(record)
+        finally:
+            self._starting -= 1
+        if stored.id != record.id:
+            return stored  # the same Idempotency-Key was used before
+        if self._observer is not None:
+            self._observer.observe_job(kind, None, JobStatus.PENDING)
+        task = asyncio.get_running_loop().create_task(
+            self._run(stored, body), name=f"job-{stored.id}"
+        )
+        self._tasks[stored.id] = task
+        task.add_done_callback(lambda done: self._forget(stored.id, done))
+        return stored
+
+    def _forget(self, job_id: str, task: asyncio.Task[None]) -> None:
+        self._tasks.pop(job_id, None)
+        self._stop_reasons.pop(job_id, None)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("job %s task ended with an error", job_id, exc_info=task.exception())
+
+    # Running
+
+    async def _run(self, record: JobRecord, body: JobBody) -> None:
+        try:
+            async with self._slots:
+                now = self._clock()
+                record = await self.write(
+                    model.start(
+                        record,
+                        worker=self.worker_id,
+                        now=now,
+                        lease_until=now + self.limits.lease_seconds,
+                    ),
+                    expected=JobStatus.PENDING,
+                )
+                context = JobContext(self, record)
+                try:
+                    async with asyncio.timeout(record.timeout):
+                        result = await body(context)
+                finally:
+                    record = context.record  # the latest version, progress included
+            await self._finish(record, result)
+        except asyncio.CancelledError:
+            await self._stopped(record)
+            raise
+        except TimeoutError:
+            await self._failed(
+                record,
+                {
+                    "type": "about:blank",
+                    "title": "Job Timed Out",
+                    "status": 504,
+                    "detail": f"The job did not finish within {record.timeout:g} seconds.",
+                },
+            )
+        except JobFailure as failure:
+            await self._failed(record, failure.problem)
+        except StaleRecord:
+            # Cancelled or interrupted by another worker meanwhile: nothing to record.
+            logger.info("job %s changed elsewhere; stopping", record.id)
+        except Exception as exc:
+            logger.exception("job %s (%s) failed", record.id, record.kind)
+            await self._failed(
+                record,
+                {
+                    "type": "about:blank",
+                    "title": "Job Failed",
+                    "status": 500,
+                    "detail": f"The job failed ({type(exc).__name__}).",
+                },
+            )
+
+    async def _finish(self, record: JobRecord, result: StoredResponse) -> None:
+        if result.status >= 500:
+            # The endpoint itself failed: the job failed with its problem.
+            await self._failed(record, _problem_of(result))
+            return
+        now, ttl = self._clock(), self.limits.result_ttl
+        await self.write(model.succeed(record, result, now=now, ttl=ttl), expected=record.status)
+
+    async def _failed(self, record: JobRecord, problem: dict[str, Any]) -> None:
+        try:
+            await self.write(
+                model.fail(record, problem, now=self._clock(), ttl=self.limits.result_ttl),
+                expected=record.status,
+            )
+        except (StaleRecord, model.InvalidTransition, StoreUnavailable):
+            logger.warning("job %s failed, and its failure could not be recorded", record.id)
+
+    async def _stopped(self, record: JobRecord) -> None:
+        reason = self._stop_reasons.get(record.id, "shutdown")
+        now, ttl = self._clock(), self.limits.result_ttl
+        try:
+            if reason == "cancel":
+                final = model.cancel(record, now=now, ttl=ttl)
+            else:
+                final = model.interrupt(
+                    record, "The worker stopped before the job finished.", now=now, ttl=ttl
+                )
+            await self.write(final, expected=record.status)
+        except (StaleRecord, model.InvalidTransition, StoreUnavailable):
+            logger.warning(
+                "job %s stopped (%s); its state could not be recorded", record.id, reason
+            )
+
+    async def write(self, record: JobRecord, *, expected: JobStatus) -> JobRecord:
+        """Write a new version of a record (compare-and-set) and wake watchers."""
+        if not record.status.final:
+            # A copy read before the last renewal must not shorten the lease.
+            fresh = self._clock() + self.limits.lease_seconds
+            record = dataclasses.replace(record, lease_until=max(record.lease_until or 0, fresh))
+        stored = await self.store.replace(record, expected=expected)
+        if self._observer is not None and stored.status != expected:
+            self._observer.observe_job(stored.kind, expected, stored.status)
+        async with self._changed:
+            self._changed.notify_all()
+        return stored
+
+    # Cancelling and watching
+
+    async def cancel(self, record: JobRecord) -> JobRecord:
+        """Ask a pending or running job to stop, wherever it runs; return its latest record."""
+        await self.store.request_cancel(record.id)
+        task = self._tasks.get(record.id)
+        if task is not None:
+            self._stop_reasons[record.id] = "cancel"
+            task.cancel()
+        async for latest in self.watch(record.id, seconds=3 * self.limits.poll_seconds + 1):
+            if latest.status.final:
+                return latest
+        return await self.store.get(record.id) or record
+
+    async def watch(self, job_id: str, *, seconds: float) -> AsyncIterator[JobRecord]:
+        """Yield the job's record now and after each change, until final or ``seconds`` pass."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        previous: JobRecord | None = None
+        while True:
+            current = await self.store.get(job_id)
+            if current is None:
+                return
+            if previous is None or _visible(current) != _visible(previous):
+                yield current
+                previous = current
+            remaining = deadline - loop.time()
+            if current.status.final or remaining <= 0:
+                return
+            # Woken early by a change made here; re-read at least every poll
+            # for changes made by other workers.
+            async with self._changed:
+                try:
+                    async with asyncio.timeout(min(remaining, self.limits.poll_seconds)):
+                        await self._changed.wait()
+                except TimeoutError:
+                    pass
+
+    # Maintenance
+
+    async def _maintain(self) -> None:
+        last_sweep = self._clock()
+        while True:
+            await asyncio.sleep(self.limits.poll_seconds)
+            try:
+                await self._maintain_once()
+                if self._clock() - last_sweep >= self.limits.sweep_seconds:
+                    last_sweep = self._clock()
+                    await self.store.sweep(last_sweep)
+            except StoreUnavailable:
+                logger.warning("job store unavailable; will retry")
+            except Exception:
+                # The loop must survive anything; the error is logged, not hidden.
+                logger.exception("job maintenance failed; will retry")
+
+    async def _maintain_once(self) -> None:
+        now = self._clock()
+        mine = list(self._tasks)
+        if mine:
+            await self.store.renew_leases(self.worker_id, mine, now + self.limits.lease_seconds)
+            for job_id in await self.store.cancel_requested(mine):
+                task = self._tasks.get(job_id)
+                if task is not None and job_id not in self._stop_reasons:
+                    self._stop_reasons[job_id] = "cancel"
+                    task.cancel()
+        # A full extra lease of margin: worker clocks may differ (by less than
+        # a lease), and a loop blocked for a moment must not lose its jobs.
+        for candidate in await self.store.lapsed(now - self.limits.lease_seconds):
+            if candidate.id in self._tasks:
+                continue
+            # Re-read right before writing: a renewal may have landed meanwhile.
+            lapsed = await self.store.get(candidate.id)
+            if lapsed is None or lapsed.status.final or (lapsed.lease_until or 0) >= now:
+                continue
+            try:
+                await self.store.replace(
+                    model.interrupt(
+                        lapsed,
+                        "The worker running the job stopped.",
+                        now=now,
+                        ttl=self.limits.result_ttl,
+                    ),
+                    expected=lapsed.status,
+                )
+                if self._observer is not None:
+                    # Never active here: counted as finished, not as leaving "active".
+                    self._observer.observe_job(lapsed.kind, None, JobStatus.INTERRUPTED)
+                async with self._changed:
+                    self._changed.notify_all()
+                logger.info("job %s interrupted: its worker's lease lapsed", lapsed.id)
+            except (StaleRecord, model.InvalidTransition):
+                pass  # another worker got there first
+
+
+def _visible(record: JobRecord) -> tuple[Any, ...]:
+    # What the job resource shows; lease renewals and cancel flags are not changes.
+    return (record.status, record.progress, record.started_at, record.finished_at, record.error)
+
+
+def _problem_of(result: StoredResponse) -> dict[str, Any]:
+    try:
+        problem = json.loads(result.body)
+    except ValueError:
+        problem = None
+    if isinstance(problem, dict) and "status" in problem:
+        return problem
+    return {"type": "about:blank", "title": "Job Failed", "status": result.status}

@@ -1,0 +1,65 @@
+"""Structured logs: one JSON object per line, each line of a request carrying its id."""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+#: The id of the request being served, for every log line it causes (set by
+#: request_ids; tasks started during the request inherit it, jobs included).
+REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "fanout.request_id", default=None
+)
+
+#: Attributes every LogRecord has; anything else was passed with ``extra=``.
+_STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
+    "message",
+    "asctime",
+    "taskName",
+}
+
+
+class JsonFormatter(logging.Formatter):
+    """Format a record as one JSON object: time, level, logger, message, request id, extras."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        """Return the record as a JSON line."""
+        entry: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        request_id = REQUEST_ID.get()
+        if request_id is not None:
+            entry["request_id"] = request_id
+        if record.name == "hypercorn.access" and isinstance(record.args, Mapping):
+            entry.update(_access_fields(record.args))
+        for key, value in vars(record).items():
+            if key not in _STANDARD:
+                entry.setdefault(key, value)  # never over the core fields
+        if record.exc_info:
+            # Tracebacks go to the log (never to a client).
+            entry["error"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def _access_fields(atoms: Mapping[str, Any]) -> dict[str, Any]:
+    # Hypercorn passes its access-log atoms as the record's args.
+    return {
+        "method": atoms.get("m"),
+        "path": atoms.get("U"),
+        "query": atoms.get("q") or None,
+        "status": atoms.get("s"),
+        "duration_ms": round(int(atoms.get("D", 0)) / 1000, 3),
+        "client": atoms.get("h"),
+    }
+
+
+def set_level(level: str) -> None:
+    """Set the level of the app's own loggers (LOG_LEVEL)."""
+    logging.getLogger().setLevel(level.upper())

@@ -1,0 +1,241 @@
+"""Views that probe the runtime, mounted on a real Fanout app by the tests."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from flask import (
+    Blueprint,
+    Response,
+    abort,
+    current_app,
+    g,
+    jsonify,
+    request,
+    stream_with_context,
+)
+from flask.views import MethodView
+
+from bridge import BridgeFlask, await_only
+from clients.upstream import call_upstream
+from handlers.jobs import background_view, job_progress
+from resources import http_session
+
+STATE_KEY = "tests.probe_state"
+
+blueprint = Blueprint("probe", __name__, url_prefix="/probe")
+
+
+@dataclass
+class ProbeState:
+    """What probe views leave behind for the test to inspect."""
+
+    results: dict[str, str] = field(default_factory=dict)
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    cancelled: list[str] = field(default_factory=list)
+    events: list[str] = field(default_factory=list)
+
+
+def probe_state() -> ProbeState:
+    """Return the probe state of the current app."""
+    state: ProbeState = current_app.extensions[STATE_KEY]
+    return state
+
+
+@blueprint.post("/spawn/<key>")
+async def spawn(key: str) -> tuple[Response, int]:
+    """Start a task that records a result 100 ms after the response."""
+    state = probe_state()
+    value = request.get_json()["value"]
+
+    async def finish_later() -> None:
+        await asyncio.sleep(0.1)
+        # The task still sees the request it was started from.
+        state.results[key] = f"{value} via {request.path}"
+
+    task = asyncio.create_task(finish_later())
+    state.tasks.add(task)
+    task.add_done_callback(state.tasks.discard)
+    return jsonify(started=key), 202
+
+
+@blueprint.get("/result/<key>")
+async def result(key: str) -> Response | tuple[Response, int]:
+    """Answer the result a spawned task recorded, or 404."""
+    found = probe_state().results.get(key)
+    if found is None:
+        return jsonify(missing=key), 404
+    return jsonify(result=found)
+
+
+@blueprint.get("/upstream")
+async def upstream() -> Response:
+    """Call the fake upstream through the shared session."""
+    reply = await call_upstream(
+        http_session(),
+        "fake",
+        "GET",
+        f"{current_app.config['PROBE_UPSTREAM']}/delay?ms={request.args.get('ms', '0')}",
+        deadline=5.0,
+        headers={"X-Request-ID": g.request_id},
+    )
+    return jsonify(reply.json())
+
+
+@blueprint.before_request
+def remember_body_tag() -> None:
+    """Keep a per-request value in g before the view (a sync hook, run inline)."""
+    if request.is_json:
+        g.tag = (request.get_json(silent=True) or {}).get("tag")
+
+
+@blueprint.post("/echo")
+async def echo() -> Response:
+    """Yield to other requests, then answer what this request's context holds."""
+    body = request.get_json()
+    await asyncio.sleep(body.get("pause", 0))
+    inner = await _read_context_in_a_task()
+    return jsonify(
+        body=body,
+        tag=g.tag,
+        header=request.headers.get("X-Probe"),
+        app=current_app.name,
+        inner=inner,
+    )
+
+
+async def _read_context_in_a_task() -> Any:
+    # A task created in the view inherits the request's context.
+    return await asyncio.create_task(_context_reader())
+
+
+async def _context_reader() -> Any:
+    await asyncio.sleep(0)
+    return request.get_json()["tag"]
+
+
+@blueprint.get("/sleepy")
+def sleepy() -> Response:
+    """Block for 0.5 s (a plain def view: runs in the thread pool)."""
+    time.sleep(0.5)
+    return jsonify(slept=0.5)
+
+
+@blueprint.get("/sync-calls-async")
+def sync_calls_async() -> Response:
+    """A plain def view (in a worker thread) awaiting async code on the server loop."""
+
+    async def on_loop() -> str:
+        await asyncio.sleep(0)
+        return f"{request.path} on the server loop"
+
+    g.touched = True
+    answer = current_app.ensure_sync(on_loop)()
+    return jsonify(answer=answer)
+
+
+@blueprint.get("/stream")
+def stream() -> Response:
+    """Stream three chunks, 0.3 s apart, from a sync generator awaiting on the loop."""
+
+    def chunks() -> Iterator[str]:
+        for n in range(3):
+            if n:
+                await_only(asyncio.sleep(0.3))
+            yield f"chunk {n} of {request.path}\n"
+
+    return Response(stream_with_context(chunks()), mimetype="text/plain")
+
+
+@blueprint.get("/async-stream")
+async def async_stream() -> Any:
+    """Stream from an async generator returned by an async view."""
+
+    async def chunks() -> Any:
+        for n in range(3):
+            await asyncio.sleep(0.01)
+            yield f"async chunk {n}\n"
+
+    return chunks()
+
+
+@blueprint.get("/hang")
+async def hang() -> Response:
+    """Wait for a long time; record it if cancelled (client gone)."""
+    state = probe_state()
+    state.events.append("hang started")
+    try:
+        await asyncio.sleep(30)
+    except asyncio.CancelledError:
+        state.cancelled.append(request.path)
+        raise
+    return jsonify(done=True)
+
+
+@blueprint.post("/body-size")
+async def body_size() -> Response:
+    """Read the whole body and answer its size."""
+    return jsonify(size=len(request.get_data()))
+
+
+@blueprint.post("/late-body-size")
+async def late_body_size() -> Response:
+    """Wait first (the disconnect watcher starts), then read 512 KiB at once, then the rest."""
+    await asyncio.sleep(0.05)
+    first = request.stream.read(512 * 1024)
+    return jsonify(size=len(first) + len(request.stream.read()))
+
+
+@blueprint.post("/sync-body-size")
+def sync_body_size() -> Response:
+    """A plain def view (in the thread pool) reading the body."""
+    return jsonify(size=len(request.get_data()))
+
+
+@blueprint.post("/report/<int:year>")
+@background_view
+async def report(year: int) -> tuple[Response, int]:
+    """A background view: runs as a job, sees its request, reports progress."""
+    for step in range(3):
+        await asyncio.sleep(0.05)
+        await job_progress(step + 1, 3, f"step {step + 1}")
+    if year < 2000:
+        abort(404, description="No report before 2000.")
+    return jsonify(year=year, body=request.get_json(), request_id=g.request_id), 201
+
+
+@blueprint.get("/boom")
+async def boom() -> Response:
+    """Fail with an unexpected error."""
+    raise RuntimeError("secret internal detail")
+
+
+class Counter(MethodView):
+    """A class-based view with an async GET and a sync POST."""
+
+    async def get(self) -> Response:
+        await asyncio.sleep(0)
+        return jsonify(method="get", thread=_thread_kind())
+
+    def post(self) -> Response:
+        return jsonify(method="post", thread=_thread_kind())
+
+
+def _thread_kind() -> str:
+    return "pool" if threading.current_thread().name.startswith("sync-view") else "loop"
+
+
+blueprint.add_url_rule("/counter", view_func=Counter.as_view("counter"))
+
+
+def mount_probes(app: BridgeFlask, upstream_url: str = "") -> BridgeFlask:
+    """Add the probe views and their state to ``app``."""
+    app.config["PROBE_UPSTREAM"] = upstream_url
+    app.extensions[STATE_KEY] = ProbeState()
+    app.register_blueprint(blueprint)
+    return app

@@ -1,0 +1,389 @@
+"""Aggregate endpoints through the real stack, against a fault-injecting upstream."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import tracemalloc
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.fault_upstream import FaultUpstream
+from tests.gateway_serving import Gateway, gateway_serving
+
+#: Each fault: the backend path, and what the endpoint answers when that
+#: backend is required (status, title of the backend's _errors entry).
+FAULTS: dict[str, tuple[str, int, str]] = {
+    "never": ("/never", 504, "Gateway Timeout"),
+    "reset": ("/reset", 502, "Bad Gateway"),
+    "trickle": ("/trickle", 504, "Gateway Timeout"),
+    "invalid_json": ("/invalid-json", 502, "Bad Gateway"),
+    "html_error": ("/html-error", 502, "Upstream Error Status"),
+    "huge": ("/huge?mb=20", 502, "Bad Gateway"),
+    "bomb": ("/bomb", 502, "Bad Gateway"),
+    "redirect_loop": ("/loop", 502, "Bad Gateway"),
+    "redirect_away": ("/redirect?to=http://192.0.2.1/x", 502, "Blocked Destination"),
+    "storm": ("/storm", 502, "Upstream Error Status"),
+}
+
+
+_CAPPED_BACKENDS = "".join(
+    f"""
+  [[endpoints.backends]]
+  upstream = "capped"
+  path = "/json?ms=200&c={n}"
+  group = "g{n}"
+"""
+    for n in range(6)
+)
+
+
+def _config(upstream_url: str) -> str:
+    endpoints = []
+    for name, (path, _, _) in FAULTS.items():
+        for required in ("true", "false"):
+            prefix = "required" if required == "true" else "optional"
+            endpoints.append(
+                f"""
+[[endpoints]]
+path = "/{prefix}/{name}"
+timeout = 1.5
+  [[endpoints.backends]]
+  upstream = "fault"
+  path = "/users/1"
+  group = "user"
+  required = true
+  [[endpoints.backends]]
+  upstream = "fault"
+  path = "{path}"
+  group = "bad"
+  required = {required}
+"""
+            )
+    return f"""
+[upstreams.fault]
+base_url = "{upstream_url}"
+internal = true
+timeout = 0.5
+retries = 1
+max_body_bytes = 1048576
+follow_redirects = 3
+circuit_breaker = {{ failures = 1000, reset_after = 1.0 }}
+
+[upstreams.fragile]
+base_url = "{upstream_url}"
+internal = true
+timeout = 0.5
+retries = 0
+circuit_breaker = {{ failures = 3, reset_after = 0.5 }}
+
+[upstreams.retrying]
+base_url = "{upstream_url}"
+internal = true
+timeout = 0.5
+retries = 2
+retry_budget = 1.0
+
+[upstreams.single]
+base_url = "{upstream_url}"
+internal = true
+timeout = 0.5
+max_connections = 1
+circuit_breaker = {{ failures = 2, reset_after = 30.0 }}
+
+[[endpoints]]
+path = "/single/<n>"
+timeout = 3.0
+  [[endpoints.backends]]
+  upstream = "single"
+  path = "/json?ms=300&n={{n}}"
+
+[upstreams.capped]
+base_url = "{upstream_url}"
+internal = true
+max_connections = 2
+
+[[endpoints]]
+path = "/capped"
+timeout = 3.0
+{_CAPPED_BACKENDS}
+
+[[endpoints]]
+path = "/profile/<user_id>"
+  [[endpoints.backends]]
+  upstream = "fault"
+  path = "/users/{{user_id}}"
+  group = "user"
+  allow = ["id", "name", "address.city"]
+  [[endpoints.backends]]
+  upstream = "fault"
+  path = "/orders?user={{user_id}}"
+  group = "orders"
+  deny = ["items.secret"]
+
+[[endpoints]]
+path = "/merged/<user_id>"
+  [[endpoints.backends]]
+  upstream = "fault"
+  path = "/users/{{user_id}}"
+  [[endpoints.backends]]
+  upstream = "fault"
+  path = "/orders?user={{user_id}}"
+
+[[endpoints]]
+path = "/slow-three"
+  [[endpoints.backends]]
+  upstream = "fault"
+  path = "/json?ms=300&b=1"
+  group = "a"
+  [[endpoints.backends]]
+  upstream = "fault"
+  path = "/json?ms=300&b=2"
+  group = "b"
+  [[endpoints.backends]]
+  upstream = "fault"
+  path = "/json?ms=300&b=3"
+  group = "c"
+
+[[endpoints]]
+path = "/all-fail"
+timeout = 1.0
+  [[endpoints.backends]]
+  upstream = "fault"
+  path = "/never"
+  group = "a"
+  [[endpoints.backends]]
+  upstream = "fault"
+  path = "/never?x=2"
+  group = "b"
+
+[[endpoints]]
+path = "/fragile"
+  [[endpoints.backends]]
+  upstream = "fragile"
+  path = "/storm"
+  required = true
+
+[[endpoints]]
+path = "/recovering/<key>"
+  [[endpoints.backends]]
+  upstream = "fragile"
+  path = "/flaky?key={{key}}&fail=3"
+  required = true
+
+[[endpoints]]
+path = "/retried/<key>"
+  [[endpoints.backends]]
+  upstream = "retrying"
+  path = "/flaky?key={{key}}&fail=1"
+
+[[endpoints]]
+path = "/posted/<key>"
+method = "POST"
+  [[endpoints.backends]]
+  upstream = "retrying"
+  path = "/flaky?key={{key}}&fail=1"
+
+[[endpoints]]
+path = "/hot"
+  [[endpoints.backends]]
+  upstream = "fault"
+  path = "/json?ms=200&hot=1"
+
+[[endpoints]]
+path = "/cached"
+cache_ttl = 60
+  [[endpoints.backends]]
+  upstream = "fault"
+  path = "/cache?max_age=60"
+
+[[endpoints]]
+path = "/uncacheable"
+cache_ttl = 60
+  [[endpoints.backends]]
+  upstream = "fault"
+  path = "/cache?cc=no-store"
+{"".join(endpoints)}
+"""
+
+
+@pytest.fixture
+async def gateway(fault: FaultUpstream, tmp_path: Path) -> AsyncIterator[Gateway]:
+    """The gateway, configured against the fault upstream."""
+    async with gateway_serving(_config(fault.url), tmp_path) as served:
+        yield served
+
+
+async def _get(gateway: Gateway, path: str, method: str = "GET") -> tuple[int, Any, Any]:
+    async with gateway.client.request(method, path) as response:
+        return response.status, response.headers, await response.json(content_type=None)
+
+
+async def test_backends_are_called_at_once_and_merged_under_their_groups(
+    gateway: Gateway, fault: FaultUpstream
+) -> None:
+    status, headers, body = await _get(gateway, "/profile/7")
+    assert status == 200
+    assert headers["X-Fanout-Completed"] == "true"
+    assert body == {
+        "user": {"id": "7", "name": "user 7", "address": {"city": "Lyon"}},
+        "orders": {"user": "7", "items": [{"id": 1, "total": 10}, {"id": 2, "total": 20}]},
+    }
+    # The request id reached both backends.
+    assert fault.request_ids[-1] == fault.request_ids[-2] == headers["X-Request-ID"]
+
+
+async def test_backends_without_group_merge_at_top_level(gateway: Gateway) -> None:
+    status, _, body = await _get(gateway, "/merged/3")
+    assert status == 200
+    assert body["name"] == "user 3" and body["user"] == "3" and len(body["items"]) == 2
+
+
+async def test_three_300ms_backends_answer_in_about_300ms(gateway: Gateway) -> None:
+    await _get(gateway, "/slow-three")  # warm the connections
+    started = time.monotonic()
+    status, _, body = await _get(gateway, "/slow-three")
+    elapsed = time.monotonic() - started
+    assert status == 200 and set(body) == {"a", "b", "c"}
+    assert elapsed < 0.6, elapsed  # serially it would be 0.9 s
+
+
+@pytest.mark.parametrize("name", list(FAULTS))
+async def test_each_fault_fails_an_optional_backend_and_keeps_the_rest(
+    gateway: Gateway, name: str
+) -> None:
+    _, expected_status, expected_title = FAULTS[name]
+    started = time.monotonic()
+    status, headers, body = await _get(gateway, f"/optional/{name}")
+    elapsed = time.monotonic() - started
+    assert status == 200, body
+    assert headers["X-Fanout-Completed"] == "false"
+    assert body["user"]["id"] == "1"  # the healthy backend's data is intact
+    error = body["_errors"]["bad"]
+    assert (error["status"], error["title"]) == (expected_status, expected_title), error
+    assert elapsed < 1.5 + 0.5, elapsed  # within the endpoint's deadline
+
+
+@pytest.mark.parametrize("name", list(FAULTS))
+async def test_each_fault_of_a_required_backend_fails_the_endpoint(
+    gateway: Gateway, name: str
+) -> None:
+    _, expected_status, _ = FAULTS[name]
+    status, headers, body = await _get(gateway, f"/required/{name}")
+    endpoint_status = 504 if expected_status == 504 else 502
+    assert status == endpoint_status, body
+    assert headers["Content-Type"] == "application/problem+json"
+    assert headers["X-Fanout-Completed"] == "false"
+    assert body["status"] == endpoint_status
+    assert body["detail"] == "required backend failed: bad"
+    assert body["errors"]["bad"]["status"] == expected_status
+    assert "Traceback" not in str(body) and "<html>" not in str(body)
+
+
+async def test_every_backend_timing_out_is_a_504(gateway: Gateway) -> None:
+    started = time.monotonic()
+    status, _, body = await _get(gateway, "/all-fail")
+    assert time.monotonic() - started < 1.5
+    assert status == 504
+    assert body["detail"] == "every backend failed: a, b"
+
+
+@pytest.mark.parametrize("name", ["huge", "bomb"])
+async def test_memory_stays_bounded_on_huge_and_bomb_bodies(gateway: Gateway, name: str) -> None:
+    await _get(gateway, "/profile/1")  # warm up
+    tracemalloc.start()
+    try:
+        status, _, body = await _get(gateway, f"/optional/{name}")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert status == 200
+    assert "more than 1048576 bytes" in body["_errors"]["bad"]["detail"]
+    # 20 MiB sent, or 200 MiB once inflated; the cap is 1 MiB.
+    assert peak < 16 * 1024 * 1024, peak
+
+
+async def test_circuit_opens_fails_fast_then_half_opens(
+    gateway: Gateway, fault: FaultUpstream
+) -> None:
+    for _ in range(3):
+        status, _, body = await _get(gateway, "/fragile")
+        assert status == 502
+    assert fault.hits["/storm"] == 3
+    status, _, body = await _get(gateway, "/fragile")
+    assert status == 502
+    assert body["errors"]["fragile"]["status"] == 503
+    assert "circuit open" in body["errors"]["fragile"]["detail"]
+    assert fault.hits["/storm"] == 3  # failed fast: no call made
+    await asyncio.sleep(0.6)
+    await _get(gateway, "/fragile")  # the half-open trial goes through, fails again
+    assert fault.hits["/storm"] == 4
+    await _get(gateway, "/fragile")
+    assert fault.hits["/storm"] == 4  # open again
+
+
+async def test_circuit_closes_again_after_a_successful_trial(
+    gateway: Gateway, fault: FaultUpstream
+) -> None:
+    for _ in range(3):
+        assert (await _get(gateway, "/recovering/k"))[0] == 502
+    assert (await _get(gateway, "/recovering/k"))[0] == 502  # open: not called
+    assert fault.hits["/flaky:k"] == 3
+    await asyncio.sleep(0.6)
+    status, _, body = await _get(gateway, "/recovering/k")
+    assert status == 200 and body["ok"] is True
+    for _ in range(3):
+        assert (await _get(gateway, "/recovering/k"))[0] == 200
+    assert fault.hits["/flaky:k"] == 7
+
+
+async def test_get_is_retried_and_post_never_is(gateway: Gateway, fault: FaultUpstream) -> None:
+    status, _, body = await _get(gateway, "/retried/g")
+    assert status == 200 and body["ok"] is True
+    assert fault.hits["/flaky:g"] == 2
+    status, _, _ = await _get(gateway, "/posted/p", method="POST")
+    assert status == 502
+    assert fault.hits["/flaky:p"] == 1
+
+
+async def test_identical_concurrent_gets_make_one_upstream_call(
+    gateway: Gateway, fault: FaultUpstream
+) -> None:
+    results = await asyncio.gather(*(_get(gateway, "/hot") for _ in range(100)))
+    assert all(status == 200 for status, _, _ in results)
+    assert fault.hits["/json"] == 1
+
+
+async def test_cache_honours_the_upstream_cache_control(
+    gateway: Gateway, fault: FaultUpstream
+) -> None:
+    for _ in range(3):
+        status, _, body = await _get(gateway, "/cached")
+        assert status == 200 and body == {"n": 1}
+    assert fault.hits["/cache"] == 1
+    for _ in range(3):
+        await _get(gateway, "/uncacheable")
+    assert fault.hits["/cache"] == 4  # no-store: every request went upstream
+
+
+async def test_at_most_max_connections_calls_run_at_once_per_upstream(
+    gateway: Gateway, fault: FaultUpstream
+) -> None:
+    started = time.monotonic()
+    status, _, body = await _get(gateway, "/capped")
+    elapsed = time.monotonic() - started
+    assert status == 200 and len(body) == 6
+    assert fault.peak_in_flight == 2
+    assert elapsed >= 0.55  # three rounds of two 200 ms calls
+
+
+async def test_waiting_for_a_connection_slot_is_not_an_upstream_failure(gateway: Gateway) -> None:
+    # One connection, 300 ms answers, a 0.5 s timeout: the fourth call waits
+    # 0.9 s for the slot, within the endpoint's 3 s deadline.
+    results = await asyncio.gather(*(_get(gateway, f"/single/{n}") for n in range(4)))
+    assert [status for status, _, _ in results] == [200] * 4
+    status, _, _ = await _get(gateway, "/single/9")
+    assert status == 200  # the circuit stayed closed

@@ -1,0 +1,89 @@
+"""RequestBody: the request body read from ASGI receive, in a bridge greenlet."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
+from werkzeug.wsgi import LimitedStream
+
+from bridge.body import RequestBody
+from bridge.greenlets import run_in_greenlet
+
+
+def _receiver(chunks: list[bytes], then_disconnect: bool = False) -> Any:
+    messages: list[dict[str, Any]] = [
+        {"type": "http.request", "body": chunk, "more_body": n < len(chunks) - 1}
+        for n, chunk in enumerate(chunks)
+    ]
+    if then_disconnect:
+        messages[-1]["more_body"] = True
+        messages.append({"type": "http.disconnect"})
+    taken: list[int] = []
+
+    async def receive() -> dict[str, Any]:
+        await asyncio.sleep(0)
+        taken.append(1)
+        return messages.pop(0)
+
+    receive.taken = taken  # type: ignore[attr-defined]
+    return receive
+
+
+async def test_read_all_sizes_and_lines() -> None:
+    body = RequestBody(_receiver([b"ab\ncd", b"e\nf", b"g"]), limit=None)
+
+    def work() -> list[bytes]:
+        return [body.read(1), body.readline(), body.read(2), body.readline(), body.read()]
+
+    assert await run_in_greenlet(work) == [b"a", b"b\n", b"cd", b"e\n", b"fg"]
+    assert body.complete and body.received == 9
+
+
+async def test_reads_only_as_much_as_asked() -> None:
+    receive = _receiver([b"x" * 10] * 5)
+    body = RequestBody(receive, limit=None)
+    assert await run_in_greenlet(body.read, 15) == b"x" * 15
+    assert len(receive.taken) == 2
+
+
+async def test_over_the_limit_raises_413_before_taking_in_the_rest() -> None:
+    receive = _receiver([b"x" * 40] * 100)
+    body = RequestBody(receive, limit=100)
+    with pytest.raises(RequestEntityTooLarge):
+        await run_in_greenlet(body.read)
+    assert len(receive.taken) == 3
+
+
+async def test_a_body_of_exactly_the_limit_is_accepted() -> None:
+    body = RequestBody(_receiver([b"x" * 50, b"x" * 50, b""]), limit=100)
+    assert await run_in_greenlet(body.read) == b"x" * 100
+
+
+async def test_a_reader_stopping_at_the_limit_still_sees_the_overflow() -> None:
+    # Werkzeug's LimitedStream never reads past the limit; the body must not
+    # let it return a silently truncated body.
+    body = RequestBody(_receiver([b"x" * 60, b"x" * 60]), limit=100)
+    limited = LimitedStream(body, 100, is_max=True)  # type: ignore[arg-type]
+    with pytest.raises(RequestEntityTooLarge):
+        await run_in_greenlet(limited.read)
+
+
+async def test_disconnect_while_reading_raises_client_disconnected() -> None:
+    body = RequestBody(_receiver([b"abc"], then_disconnect=True), limit=None)
+    with pytest.raises(ClientDisconnected):
+        await run_in_greenlet(body.read)
+
+
+async def test_the_pump_feeds_the_reader_and_reports_a_disconnect() -> None:
+    body = RequestBody(_receiver([b"a" * 10, b"b" * 10], then_disconnect=True), limit=None)
+    pump = asyncio.create_task(body.pump())
+
+    def work() -> bytes:
+        return body.read(20)
+
+    assert await run_in_greenlet(work) == b"a" * 10 + b"b" * 10
+    await asyncio.wait_for(pump, timeout=5)
+    assert body.disconnected

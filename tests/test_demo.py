@@ -1,0 +1,96 @@
+"""The README's demo: an async view fanning out to the bundled demo upstream."""
+
+from __future__ import annotations
+
+import asyncio
+import asyncio.base_events
+import time
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+
+from app import create_app
+from bridge import ASGIBridge
+from demo.upstream import build_demo_app
+from tests.gateway_serving import gateway_serving
+from tests.serving import hypercorn_serving
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+async def _start_demo(latency_seconds: float) -> tuple[web.AppRunner, int]:
+    runner = web.AppRunner(build_demo_app(latency_seconds), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    server = site._server  # aiohttp has no public accessor for the bound port
+    assert isinstance(server, asyncio.base_events.Server)
+    port: int = server.sockets[0].getsockname()[1]
+    return runner, port
+
+
+async def test_dashboard_fans_out_concurrently_and_merges() -> None:
+    runner, port = await _start_demo(latency_seconds=0.3)
+    try:
+        app = create_app({"DEMO_UPSTREAM_URL": f"http://127.0.0.1:{port}"})
+        async with hypercorn_serving(ASGIBridge(app)) as url, aiohttp.ClientSession() as client:
+            started = time.monotonic()
+            async with client.get(f"{url}/demo/dashboard/7") as response:
+                assert response.status == 200
+                body = await response.json()
+            elapsed = time.monotonic() - started
+            async with client.get(f"{url}/demo/dashboard/5000") as response:
+                # The demo upstream has no user 5000.
+                assert response.status == 404
+                assert response.content_type == "application/problem+json"
+                assert (await response.json())["detail"] == "There is no user 5000."
+        # The upstream gone: 502 problem details naming it.
+        await runner.cleanup()
+        async with (
+            hypercorn_serving(ASGIBridge(app)) as url,
+            aiohttp.ClientSession() as client,
+            client.get(f"{url}/demo/dashboard/7") as response,
+        ):
+            assert response.status == 502
+            problem = await response.json()
+            assert problem["upstream"] == "demo" and "unavailable" in problem["detail"]
+    finally:
+        await runner.cleanup()
+    assert body["user"]["id"] == 7 and body["user"]["name"] == "Alan Turing"
+    assert body["orders"]["user"] == 7 and len(body["orders"]["orders"]) == 4
+    assert len(body["recommendations"]["products"]) == 3
+    # Three 300 ms calls in parallel: about 300 ms, not 900.
+    assert elapsed < 0.8, elapsed
+
+
+async def test_the_example_gateway_toml_works_against_the_demo_upstream(tmp_path: Path) -> None:
+    runner, port = await _start_demo(latency_seconds=0.05)
+    # The shipped file, pointed at this test's demo upstream instead of :8081.
+    example = (ROOT / "gateway.toml").read_text()
+    assert "http://127.0.0.1:8081" in example
+    text = example.replace("http://127.0.0.1:8081", f"http://127.0.0.1:{port}")
+    try:
+        async with gateway_serving(text, tmp_path) as gateway:
+            async with gateway.client.get("/profiles/7") as response:
+                assert response.status == 200
+                assert response.headers["X-Fanout-Completed"] == "true"
+                profile = await response.json()
+            async with gateway.client.get("/profiles/7?delay=5") as response:
+                assert response.status == 200
+                assert response.headers["X-Fanout-Completed"] == "false"
+                partial = await response.json()
+            async with gateway.client.get("/weather/lyon") as response:
+                weather = await response.json()
+            async with gateway.client.get("/proxy/demo/users/3") as response:
+                proxied = await response.json()
+    finally:
+        await runner.cleanup()
+    assert profile["user"] == {"id": 7, "name": "Alan Turing", "plan": "free"}  # allow-listed
+    assert "user" not in profile["recommendations"]  # denied
+    assert len(profile["orders"]["orders"]) == 4
+    assert "recommendations" not in partial
+    assert partial["_errors"]["recommendations"]["status"] == 504
+    assert partial["user"] == profile["user"] and partial["orders"] == profile["orders"]
+    assert weather["city"] == "lyon"
+    assert proxied["email"] == "barbara3@example.com"

@@ -1,0 +1,130 @@
+"""Lifespan: resources opened at startup on the server loop, closed at shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+from flask import Flask
+
+from app import create_app
+from bridge import ASGIBridge, serving_state
+from resources import SESSION_KEY, http_session
+from tests.asgi_driver import LifespanDriver, lifespan
+from tests.processes import run_failing_gateway
+from tests.serving import hypercorn_serving
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+async def test_startup_opens_the_session_on_the_running_loop_and_shutdown_closes_it() -> None:
+    app = create_app()
+    async with lifespan(ASGIBridge(app)):
+        session = http_session(app)
+        assert not session.closed
+        assert session._loop is asyncio.get_running_loop()
+        state = serving_state(app)
+        assert state is not None and state.ready
+    assert session.closed
+    assert SESSION_KEY not in app.extensions
+    assert serving_state(app) is None
+
+
+async def test_hooks_start_in_order_and_stop_in_reverse() -> None:
+    app = create_app()
+    events: list[str] = []
+
+    def hook(name: str) -> object:
+        async def run(app: Flask) -> AsyncIterator[None]:
+            events.append(f"start {name}")
+            yield
+            events.append(f"stop {name}")
+
+        return run
+
+    app.while_serving(hook("a"))  # type: ignore[arg-type]
+    app.while_serving(hook("b"))  # type: ignore[arg-type]
+    async with lifespan(ASGIBridge(app)):
+        assert events == ["start a", "start b"]
+    assert events == ["start a", "start b", "stop b", "stop a"]
+
+
+async def test_failed_startup_is_reported_with_its_reason_and_undoes_what_opened() -> None:
+    app = create_app()
+    events: list[str] = []
+
+    async def store(app: Flask) -> AsyncIterator[None]:
+        raise ConnectionRefusedError("job store at 127.0.0.1:1 refused the connection")
+        yield  # pragma: no cover - makes this an async generator
+
+    app.while_serving(store)
+    driver = LifespanDriver(ASGIBridge(app))
+    driver.start()
+    answer = await driver.ask("lifespan.startup")
+    assert answer["type"] == "lifespan.startup.failed"
+    assert "ConnectionRefusedError" in answer["message"]
+    assert "127.0.0.1:1 refused" in answer["message"]
+    assert driver.task is not None
+    await driver.task
+    # The session opened before the failing hook was closed again.
+    assert SESSION_KEY not in app.extensions and serving_state(app) is None
+    assert events == []
+
+
+async def test_a_factory_error_fails_startup_with_the_reason() -> None:
+    def broken_factory() -> Flask:
+        return create_app({"SYNC_THREADS": "many"})
+
+    driver = LifespanDriver(ASGIBridge(broken_factory))
+    driver.start()
+    answer = await driver.ask("lifespan.startup")
+    assert answer["type"] == "lifespan.startup.failed"
+    assert "SYNC_THREADS" in answer["message"]
+    assert driver.task is not None
+    await driver.task
+
+
+async def test_hypercorn_exits_non_zero_and_says_why_when_startup_fails() -> None:
+    env = {**os.environ, "FANOUT_NO_SUCH_SETTING": "1"}
+    returncode, stderr = await run_failing_gateway(env)
+    assert returncode != 0
+    assert "FANOUT_NO_SUCH_SETTING" in stderr
+    assert "unknown setting" in stderr
+
+
+async def test_hypercorn_exits_non_zero_naming_the_key_of_a_broken_gateway_file(
+    tmp_path: Path,
+) -> None:
+    broken = tmp_path / "gateway.toml"
+    broken.write_text('[upstreams.users]\nbase_url = "https://users.example"\ntimeout = "fast"\n')
+    env = {**os.environ, "FANOUT_CONFIG": str(broken)}
+    returncode, stderr = await run_failing_gateway(env)
+    assert returncode != 0
+    assert f"{broken}: upstreams.users.timeout: expected a number" in stderr
+
+
+async def test_served_shutdown_closes_the_session_after_requests() -> None:
+    app = create_app()
+    async with hypercorn_serving(ASGIBridge(app)) as url:
+        session = http_session(app)
+        async with aiohttp.ClientSession() as client, client.get(f"{url}/readyz") as response:
+            assert response.status == 200
+    assert session.closed
+    assert serving_state(app) is None
+
+
+def test_readyz_is_not_ready_before_startup() -> None:
+    # A server that never ran the lifespan: the app serves, but is not ready.
+    app = create_app()
+    client = app.test_client()
+    response = client.get("/readyz")
+    assert response.status_code == 503
+    assert response.mimetype == "application/problem+json"
+    assert response.get_json()["checks"] == {
+        "lifespan": False,
+        "http_session": False,
+        "job_store": False,
+    }

@@ -1,0 +1,156 @@
+"""Operations: /metrics (one process and two workers) and structured JSON logs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+from pathlib import Path
+
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.fault_upstream import FaultUpstream
+from tests.gateway_serving import Gateway, gateway_serving
+from tests.processes import start_gateway
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _config(upstream_url: str) -> str:
+    return f"""
+[upstreams.fault]
+base_url = "{upstream_url}"
+internal = true
+timeout = 0.5
+
+[upstreams.flaky]
+base_url = "{upstream_url}"
+internal = true
+circuit_breaker = {{ failures = 2, reset_after = 60.0 }}
+
+[[endpoints]]
+path = "/profile/<user_id>"
+  [[endpoints.backends]]
+  upstream = "fault"
+  path = "/users/{{user_id}}"
+  group = "user"
+  [[endpoints.backends]]
+  upstream = "flaky"
+  path = "/storm"
+  group = "flaky"
+"""
+
+
+def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    found = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return found
+
+
+async def _scrape(gateway: Gateway) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    async with gateway.client.get("/metrics") as response:
+        assert response.status == 200
+        assert response.headers["Content-Type"].startswith("text/plain")
+        return _samples(await response.text())
+
+
+async def test_metrics_count_requests_upstream_calls_jobs_and_circuits(
+    fault: FaultUpstream, tmp_path: Path
+) -> None:
+    async with gateway_serving(_config(fault.url), tmp_path) as gateway:
+        for n in range(3):
+            async with gateway.client.get(f"/profile/{n}") as response:
+                assert response.status == 200
+        batch = {"upstream": "fault", "path": "/users/{item}", "items": [1, 2]}
+        async with gateway.client.post("/jobs/batch", json=batch) as response:
+            job = await response.json()
+        async with gateway.client.get(f"/jobs/{job['id']}?wait=5") as response:
+            assert (await response.json())["status"] == "succeeded"
+        for method in ("XFOO", "XBAR"):
+            async with gateway.client.request(method, "/healthz") as response:
+                assert response.status == 405
+        await asyncio.sleep(0.3)  # one event-loop lag sample is taken every 0.25 s
+        samples = await _scrape(gateway)
+    route = (("method", "GET"), ("route", "/profile/<user_id>"), ("status", "200"))
+    assert samples[("fanout_http_requests_total", route)] == 3
+    assert samples[("fanout_http_request_seconds_count", route[:2])] == 3
+    ok = (("outcome", "ok"), ("upstream", "fault"))
+    assert samples[("fanout_upstream_calls_total", ok)] == 3 + 2  # users, and the job's two
+    failing = (("outcome", "error_status"), ("upstream", "flaky"))
+    assert samples[("fanout_upstream_calls_total", failing)] == 2  # then the circuit opened
+    refused = (("outcome", "circuit_open"), ("upstream", "flaky"))
+    assert samples[("fanout_upstream_calls_total", refused)] == 1
+    assert samples[("fanout_circuit_state", (("upstream", "flaky"),))] == 2  # open
+    assert samples[("fanout_circuit_state", (("upstream", "fault"),))] == 0  # closed
+    assert (
+        samples[("fanout_jobs_finished_total", (("kind", "batch"), ("status", "succeeded")))] == 1
+    )
+    assert samples[("fanout_jobs_active", (("kind", "batch"), ("status", "running")))] == 0
+    assert samples[("fanout_event_loop_lag_seconds_count", ())] >= 1
+    assert ("fanout_http_requests_in_flight", ()) in samples
+    # Client-chosen methods do not become label values (each would be a series).
+    other = (("method", "other"), ("route", "unmatched"), ("status", "405"))
+    assert samples[("fanout_http_requests_total", other)] == 2
+    assert not [key for key in samples if ("method", "XFOO") in key[1]]
+
+
+async def test_metrics_of_two_workers_are_scraped_together(
+    fault: FaultUpstream, tmp_path: Path
+) -> None:
+    config = tmp_path / "gateway.toml"
+    config.write_text(_config(fault.url))
+    metrics_dir = tmp_path / "metrics"
+    metrics_dir.mkdir()
+    env = {**os.environ, "FANOUT_CONFIG": str(config), "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
+    process, url = await start_gateway(env, "--workers", "2")
+    try:
+        for _ in range(60):
+            # A new connection each time, so both workers get some.
+            async with aiohttp.ClientSession() as client, client.get(f"{url}/healthz") as response:
+                assert response.status == 200
+        scrapes = []
+        for _ in range(2):
+            async with aiohttp.ClientSession() as client, client.get(f"{url}/metrics") as response:
+                scrapes.append(_samples(await response.text()))
+    finally:
+        process.send_signal(signal.SIGTERM)
+        await process.communicate()
+    key = (
+        "fanout_http_requests_total",
+        (("method", "GET"), ("route", "/healthz"), ("status", "200")),
+    )
+    assert scrapes[0][key] == scrapes[1][key] == 60  # every worker's requests, from either
+    pids = {path.stem.rsplit("_", 1)[-1] for path in metrics_dir.glob("counter_*.db")}
+    assert len(pids) == 2  # both workers served and wrote samples
+
+
+async def test_every_log_line_of_a_request_carries_its_id(
+    fault: FaultUpstream, tmp_path: Path
+) -> None:
+    config = tmp_path / "gateway.toml"
+    config.write_text(_config(fault.url))
+    process, url = await start_gateway(
+        {**os.environ, "FANOUT_CONFIG": str(config)}, capture_stderr=True
+    )
+    try:
+        async with aiohttp.ClientSession() as client:
+            async with client.get(f"{url}/profile/5", headers={"X-Request-ID": "trace-42"}) as r:
+                assert r.status == 200
+            async with client.get(f"{url}/profile/6", headers={"X-Request-ID": "other-43"}) as r:
+                assert r.status == 200
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, stderr = await process.communicate()
+    lines = [json.loads(line) for line in stderr.decode().splitlines() if line.strip()]
+    mine = [line for line in lines if line.get("request_id") == "trace-42"]
+    access = [line for line in mine if line["logger"] == "hypercorn.access"]
+    calls = [line for line in mine if line["message"] == "upstream call"]
+    assert len(access) == 1 and access[0]["path"] == "/profile/5" and access[0]["status"] == "200"
+    assert {(c["upstream"], c["status"]) for c in calls} == {("fault", 200), ("flaky", 503)}
+    assert all("duration_ms" in c for c in calls)
+    # The other request's lines are not mixed in.
+    assert not [line for line in mine if "/profile/6" in json.dumps(line)]

@@ -1,0 +1,331 @@
+"""The runtime foundation through the real stack: Hypercorn, the bridge, Flask."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import time
+
+import aiohttp
+import pytest
+
+from tests.conftest import Served
+from tests.upstream import FakeUpstream
+
+
+async def test_task_created_in_a_view_outlives_the_request(served: Served) -> None:
+    async with served.client.post("/probe/spawn/k1", json={"value": "v1"}) as response:
+        assert response.status == 202
+    # Right after the response the task has not finished yet...
+    async with served.client.get("/probe/result/k1") as response:
+        assert response.status == 404
+    # ...but it goes on running on the server loop and a later request sees it.
+    for _ in range(100):
+        async with served.client.get("/probe/result/k1") as response:
+            if response.status == 200:
+                assert await response.json() == {"result": "v1 via /probe/spawn/k1"}
+                return
+        await asyncio.sleep(0.02)
+    raise AssertionError("the spawned task never recorded its result")
+
+
+async def test_100_concurrent_requests_to_a_200ms_upstream_overlap(
+    served: Served, upstream: FakeUpstream
+) -> None:
+    async def one() -> int:
+        async with served.client.get("/probe/upstream?ms=200") as response:
+            await response.read()
+            return response.status
+
+    started = time.monotonic()
+    statuses = await asyncio.gather(*(one() for _ in range(100)))
+    elapsed = time.monotonic() - started
+    assert statuses == [200] * 100
+    # Serially this is 20 s; overlapped it is a few hundred ms.
+    assert elapsed < 5.0, elapsed
+    assert upstream.peak_in_flight >= 50
+
+
+async def test_1000_concurrent_requests_are_all_served(
+    served: Served, upstream: FakeUpstream
+) -> None:
+    async def one() -> int:
+        async with served.client.get("/probe/upstream?ms=200") as response:
+            body = await response.json()
+            assert body["ms"] == 200
+            return response.status
+
+    statuses = await asyncio.gather(*(one() for _ in range(1000)))
+    assert statuses == [200] * 1000
+    assert upstream.requests == 1000
+    # Far more in flight at once than any thread pool of the default size.
+    assert upstream.peak_in_flight > 100
+
+
+async def test_blocking_sync_view_does_not_delay_async_views(served: Served) -> None:
+    finished: list[str] = []
+
+    async def sleepy() -> None:
+        async with served.client.get("/probe/sleepy") as response:
+            assert response.status == 200
+        finished.append("sleepy")
+
+    async def quick(n: int) -> None:
+        await asyncio.sleep(0.05)  # let the sleepy request start first
+        async with served.client.post("/probe/echo", json={"tag": str(n)}) as response:
+            assert response.status == 200
+        finished.append("quick")
+
+    await asyncio.gather(sleepy(), *(quick(n) for n in range(20)))
+    # Every async request was answered while the sync view was still asleep.
+    assert finished[-1] == "sleepy"
+    assert finished.count("quick") == 20
+
+
+async def test_request_g_and_app_context_stay_intact_under_300_concurrent_requests(
+    served: Served,
+) -> None:
+    async def one(n: int) -> None:
+        body = {"tag": f"t{n}", "payload": "x" * (n % 17), "pause": (n % 7) / 100}
+        async with served.client.post(
+            "/probe/echo", json=body, headers={"X-Probe": f"h{n}"}
+        ) as response:
+            assert response.status == 200
+            answer = await response.json()
+        assert answer == {
+            "body": body,
+            "tag": f"t{n}",
+            "header": f"h{n}",
+            "app": served.app.name,
+            "inner": f"t{n}",
+        }
+
+    await asyncio.gather(*(one(n) for n in range(300)))
+
+
+async def test_upstream_connections_are_reused(served: Served, upstream: FakeUpstream) -> None:
+    for _ in range(200):
+        async with served.client.get("/probe/upstream?ms=0") as response:
+            assert response.status == 200
+            await response.read()
+    assert upstream.requests == 200
+    assert upstream.accepted <= 3, upstream.accepted
+
+
+async def test_request_id_is_sent_upstream_and_returned(
+    served: Served, upstream: FakeUpstream
+) -> None:
+    async with served.client.get(
+        "/probe/upstream", headers={"X-Request-ID": "abc-123"}
+    ) as response:
+        assert response.headers["X-Request-ID"] == "abc-123"
+    async with served.client.get(
+        "/probe/upstream", headers={"X-Request-ID": "bad id\u00e9"}
+    ) as response:
+        generated = response.headers["X-Request-ID"]
+    assert generated != "bad id\u00e9" and len(generated) == 32
+    assert upstream.request_ids == ["abc-123", generated]
+
+
+async def test_plain_def_view_runs_in_the_pool_and_can_await_on_the_server_loop(
+    served: Served,
+) -> None:
+    async with served.client.get("/probe/sync-calls-async") as response:
+        assert response.status == 200
+        assert await response.json() == {"answer": "/probe/sync-calls-async on the server loop"}
+
+
+async def test_class_based_views_run_async_methods_on_the_loop_and_sync_ones_in_the_pool(
+    served: Served,
+) -> None:
+    async with served.client.get("/probe/counter") as response:
+        assert await response.json() == {"method": "get", "thread": "loop"}
+    async with served.client.post("/probe/counter") as response:
+        assert await response.json() == {"method": "post", "thread": "pool"}
+
+
+async def test_generator_response_reaches_the_client_chunk_by_chunk(served: Served) -> None:
+    arrivals: list[tuple[float, bytes]] = []
+    async with served.client.get("/probe/stream") as response:
+        assert response.status == 200
+        assert "content-length" not in response.headers
+        async for chunk in response.content.iter_any():
+            arrivals.append((time.monotonic(), chunk))
+    body = b"".join(chunk for _, chunk in arrivals)
+    assert body == b"".join(f"chunk {n} of /probe/stream\n".encode() for n in range(3))
+    # The first chunk arrived before the generator had produced the last one.
+    assert arrivals[-1][0] - arrivals[0][0] > 0.4
+
+
+async def test_async_generator_response_is_streamed(served: Served) -> None:
+    async with served.client.get("/probe/async-stream") as response:
+        assert response.status == 200
+        assert await response.text() == "".join(f"async chunk {n}\n" for n in range(3))
+
+
+async def test_client_disconnect_cancels_the_view_coroutine(served: Served) -> None:
+    host, port = served.url.removeprefix("http://").split(":")
+    _, writer = await asyncio.open_connection(host, int(port))
+    writer.write(b"GET /probe/hang HTTP/1.1\r\nHost: t\r\n\r\n")
+    await writer.drain()
+    for _ in range(200):
+        if served.probes.events:
+            break
+        await asyncio.sleep(0.01)
+    assert served.probes.events == ["hang started"]
+    writer.close()
+    await writer.wait_closed()
+    for _ in range(300):
+        if served.probes.cancelled:
+            break
+        await asyncio.sleep(0.01)
+    assert served.probes.cancelled == ["/probe/hang"]
+
+
+async def test_body_over_the_limit_gets_413_problem_json(served: Served) -> None:
+    limit = served.app.config["MAX_CONTENT_LENGTH"]
+    async with served.client.post("/probe/body-size", data=io.BytesIO(b"x" * limit)) as response:
+        assert response.status == 200
+        assert await response.json() == {"size": limit}
+    # Declared too large: refused from the Content-Length alone, before any of
+    # the body is sent, whichever route it is for.
+    for path in ("/probe/body-size", "/probe/upstream", "/healthz"):
+        head, body = await _raw_exchange(
+            served.url, f"POST {path} HTTP/1.1\r\nHost: t\r\nContent-Length: {limit + 1}\r\n\r\n"
+        )
+        assert head.startswith("HTTP/1.1 413"), (path, head)
+        assert "content-type: application/problem+json" in head.lower()
+        problem = json.loads(body)
+        assert problem["status"] == 413 and problem["title"] == "Request Entity Too Large"
+
+
+async def _raw_exchange(url: str, request_head: str, body: bytes = b"") -> tuple[str, bytes]:
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(request_head.encode() + body)
+    head = (await reader.readuntil(b"\r\n\r\n")).decode()
+    length = next(
+        int(line.split(":", 1)[1])
+        for line in head.split("\r\n")
+        if line.lower().startswith("content-length:")
+    )
+    body = await reader.readexactly(length)
+    writer.close()
+    await writer.wait_closed()
+    return head, body
+
+
+async def test_chunked_body_over_the_limit_is_refused_before_it_is_all_read(
+    served: Served,
+) -> None:
+    limit = served.app.config["MAX_CONTENT_LENGTH"]
+    sent = 0
+
+    async def endless() -> object:
+        nonlocal sent
+        chunk = b"y" * 65536
+        while sent < limit * 50:
+            sent += len(chunk)
+            yield chunk
+
+    async with served.client.post("/probe/body-size", data=endless()) as response:
+        assert response.status == 413
+        assert response.content_type == "application/problem+json"
+    # The server answered without taking in the whole 50 MiB stream.
+    assert sent < limit * 50
+
+
+async def test_unexpected_error_is_a_problem_without_internals(served: Served) -> None:
+    async with served.client.get("/probe/boom") as response:
+        assert response.status == 500
+        assert response.content_type == "application/problem+json"
+        text = await response.text()
+    assert "secret internal detail" not in text and "Traceback" not in text
+    assert json.loads(text)["status"] == 500
+
+
+async def test_unknown_route_and_wrong_method_are_problem_json(served: Served) -> None:
+    async with served.client.get("/no/such/route") as response:
+        assert response.status == 404
+        assert response.content_type == "application/problem+json"
+    async with served.client.delete("/healthz") as response:
+        assert response.status == 405
+        assert response.content_type == "application/problem+json"
+        assert "GET" in response.headers["Allow"]
+
+
+async def test_head_request_has_headers_and_no_body(served: Served) -> None:
+    async with served.client.head("/healthz") as response:
+        assert response.status == 200
+        assert int(response.headers["Content-Length"]) > 0
+        assert await response.read() == b""
+
+
+async def test_readyz_is_ready_while_served(served: Served) -> None:
+    async with served.client.get("/readyz") as response:
+        assert response.status == 200
+        assert (await response.json())["checks"] == {
+            "lifespan": True,
+            "http_session": True,
+            "job_store": True,
+        }
+
+
+async def test_server_is_usable_by_a_plain_http_client_in_parallel(served: Served) -> None:
+    # Two different client libraries' connections interleaving on one server.
+    async with aiohttp.ClientSession() as other, other.get(f"{served.url}/healthz") as response:
+        assert response.status == 200
+
+
+@pytest.mark.parametrize("chunks", [15, 16])  # 16 x 64 KiB is exactly the limit
+async def test_a_large_body_read_after_the_watcher_started_arrives_whole(
+    served: Served, chunks: int
+) -> None:
+    chunk = b"b" * 65536
+    framed = b"".join([f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n"] * chunks) + b"0\r\n\r\n"
+    head, body = await asyncio.wait_for(
+        _raw_exchange(
+            served.url,
+            "POST /probe/late-body-size HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n",
+            framed,
+        ),
+        timeout=10,
+    )
+    assert head.startswith("HTTP/1.1 200"), head
+    assert json.loads(body) == {"size": chunks * 65536}
+
+
+async def test_a_plain_def_view_can_read_the_body(served: Served) -> None:
+    async with served.client.post("/probe/sync-body-size", data=b"x" * 300_000) as response:
+        assert response.status == 200
+        assert await response.json() == {"size": 300_000}
+
+
+async def test_a_background_view_answers_202_and_its_response_is_replayed(served: Served) -> None:
+    async with served.client.post(
+        "/probe/report/2026", json={"region": "eu"}, headers={"X-Request-ID": "rep-1"}
+    ) as response:
+        assert response.status == 202
+        location = response.headers["Location"]
+        job = await response.json()
+    assert job["kind"] == "view:probe.report"
+    async with served.client.get(f"{location}?wait=10") as response:
+        final = await response.json()
+    assert final["status"] == "succeeded"
+    assert final["progress"] == {"done": 3, "total": 3, "message": "step 3"}
+    async with served.client.get(f"{location}/result") as response:
+        assert response.status == 201
+        assert await response.json() == {
+            "year": 2026,
+            "body": {"region": "eu"},
+            "request_id": "rep-1",
+        }
+    async with served.client.post("/probe/report/1999", json={}) as response:
+        location = response.headers["Location"]
+    async with served.client.get(f"{location}?wait=10") as response:
+        assert (await response.json())["status"] == "succeeded"
+    async with served.client.get(f"{location}/result") as response:
+        # The view's own error answer, replayed as it would have been given.
+        assert response.status == 404
+        assert (await response.json())["detail"] == "No report before 2000."
