@@ -107,11 +107,18 @@ async def test_metrics_of_two_workers_are_scraped_together(
     metrics_dir.mkdir()
     env = {**os.environ, "FANOUT_CONFIG": str(config), "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
     process, url = await start_gateway(env, "--workers", "2")
+    sent = 0
     try:
-        for _ in range(60):
-            # A new connection each time, so both workers get some.
-            async with aiohttp.ClientSession() as client, client.get(f"{url}/healthz") as response:
-                assert response.status == 200
+        # Which worker accepts a connection is the kernel's choice, and the
+        # second may still be starting when the first answers /readyz: send
+        # batches of new connections until both workers have written samples.
+        for _ in range(100):
+            answers = await asyncio.gather(*(_fresh_get(f"{url}/healthz") for _ in range(20)))
+            assert answers == [200] * 20
+            sent += 20
+            if len(_counter_pids(metrics_dir)) == 2 and sent >= 60:
+                break
+            await asyncio.sleep(0.1)
         scrapes = []
         for _ in range(2):
             async with aiohttp.ClientSession() as client, client.get(f"{url}/metrics") as response:
@@ -119,13 +126,23 @@ async def test_metrics_of_two_workers_are_scraped_together(
     finally:
         process.send_signal(signal.SIGTERM)
         await process.communicate()
+    assert len(_counter_pids(metrics_dir)) == 2  # both workers served and wrote samples
     key = (
         "fanout_http_requests_total",
         (("method", "GET"), ("route", "/healthz"), ("status", "200")),
     )
-    assert scrapes[0][key] == scrapes[1][key] == 60  # every worker's requests, from either
-    pids = {path.stem.rsplit("_", 1)[-1] for path in metrics_dir.glob("counter_*.db")}
-    assert len(pids) == 2  # both workers served and wrote samples
+    assert scrapes[0][key] == scrapes[1][key] == sent  # every worker's requests, from either
+
+
+async def _fresh_get(url: str) -> int:
+    """GET ``url`` on a connection of its own; the status."""
+    async with aiohttp.ClientSession() as client, client.get(url) as response:
+        return response.status
+
+
+def _counter_pids(metrics_dir: Path) -> set[str]:
+    """The processes that wrote counter samples into the multiprocess directory."""
+    return {path.stem.rsplit("_", 1)[-1] for path in metrics_dir.glob("counter_*.db")}
 
 
 async def test_every_log_line_of_a_request_carries_its_id(
