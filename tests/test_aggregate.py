@@ -242,13 +242,13 @@ async def test_backends_without_group_merge_at_top_level(gateway: Gateway) -> No
     assert body["name"] == "user 3" and body["user"] == "3" and len(body["items"]) == 2
 
 
-async def test_three_300ms_backends_answer_in_about_300ms(gateway: Gateway) -> None:
-    await _get(gateway, "/slow-three")  # warm the connections
-    started = time.monotonic()
+async def test_three_300ms_backends_are_called_at_once(
+    gateway: Gateway, fault: FaultUpstream
+) -> None:
     status, _, body = await _get(gateway, "/slow-three")
-    elapsed = time.monotonic() - started
     assert status == 200 and set(body) == {"a", "b", "c"}
-    assert elapsed < 0.6, elapsed  # serially it would be 0.9 s
+    # Concurrency, not a timing: the upstream held all three calls together.
+    assert fault.peak_in_flight == 3
 
 
 @pytest.mark.parametrize("name", list(FAULTS))
@@ -264,7 +264,9 @@ async def test_each_fault_fails_an_optional_backend_and_keeps_the_rest(
     assert body["user"]["id"] == "1"  # the healthy backend's data is intact
     error = body["_errors"]["bad"]
     assert (error["status"], error["title"]) == (expected_status, expected_title), error
-    assert elapsed < 1.5 + 0.5, elapsed  # within the endpoint's deadline
+    # Bounded by the endpoint's 1.5 s deadline ("never" would hang until the
+    # test's timeout); the slack is for a loaded machine, not a speed claim.
+    assert elapsed < 1.5 + 3.0, elapsed
 
 
 @pytest.mark.parametrize("name", list(FAULTS))
@@ -286,7 +288,8 @@ async def test_each_fault_of_a_required_backend_fails_the_endpoint(
 async def test_every_backend_timing_out_is_a_504(gateway: Gateway) -> None:
     started = time.monotonic()
     status, _, body = await _get(gateway, "/all-fail")
-    assert time.monotonic() - started < 1.5
+    # Bounded by the endpoint's 1 s deadline, though both backends never answer.
+    assert time.monotonic() - started < 1.0 + 3.0
     assert status == 504
     assert body["detail"] == "every backend failed: a, b"
 
