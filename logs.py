@@ -60,6 +60,33 @@ def _access_fields(atoms: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+#: The top-level packages and modules whose loggers LOG_LEVEL sets.
+APP_LOGGERS = (
+    "app",
+    "auth",
+    "bridge",
+    "clients",
+    "core",
+    "demo",
+    "errors",
+    "handlers",
+    "job_kinds",
+    "jobs",
+    "launcher",
+    "logs",
+    "metrics",
+    "request_ids",
+    "resources",
+    "settings",
+)
+
+
 def set_level(level: str) -> None:
-    """Set the level of the app's own loggers (LOG_LEVEL)."""
-    logging.getLogger().setLevel(level.upper())
+    """Set the level of the app's own loggers (LOG_LEVEL).
+
+    On the app's loggers, not the root: Hypercorn applies its
+    ``logconfig_dict`` lazily, on its first log line, and that resets the
+    root level (leaving other existing loggers alone).
+    """
+    for name in APP_LOGGERS:
+        logging.getLogger(name).setLevel(level.upper())

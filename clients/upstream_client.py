@@ -77,6 +77,10 @@ class UpstreamClient:
         )
         self._budget = RetryBudget(ratio=config.retry_budget)
         self._slots = asyncio.Semaphore(config.max_connections)
+        # Built once: aiohttp's timeout object is immutable.
+        self._connect_timeout = aiohttp.ClientTimeout(sock_connect=config.connect_timeout)
+        #: The circuit state last told to the observer (None: not yet told).
+        self._reported_state: CircuitState | None = None
         origin = urlsplit(config.base_url)
         self._origin = (origin.scheme, (origin.hostname or "").lower(), origin.port)
 
@@ -174,19 +178,30 @@ class UpstreamClient:
             raise
         finally:
             seconds = time.perf_counter() - started
-            logger.info(
-                "upstream call",
-                extra={
-                    "upstream": self.name,
-                    "method": method,
-                    "outcome": outcome,
-                    "status": status,
-                    "duration_ms": round(seconds * 1000, 3),
-                },
-            )
+            # A line per successful call costs more than the rest of the
+            # gateway's work for it (findCaller, a record, JSON): successes
+            # are DEBUG, failures WARNING; the metrics count every call.
+            level = logging.DEBUG if outcome == "ok" else logging.WARNING
+            if logger.isEnabledFor(level):
+                logger.log(
+                    level,
+                    "upstream call",
+                    extra={
+                        "upstream": self.name,
+                        "method": method,
+                        "outcome": outcome,
+                        "status": status,
+                        "duration_ms": round(seconds * 1000, 3),
+                    },
+                )
             if self._observer is not None:
                 self._observer.observe_upstream(self.name, outcome, seconds)
-                self._observer.observe_circuit(self.name, self.breaker.state)
+                state = self.breaker.state
+                if state is not self._reported_state:
+                    # The gauge changes rarely; setting it per call was a
+                    # labelled lookup for nothing.
+                    self._observer.observe_circuit(self.name, state)
+                    self._reported_state = state
 
     async def _try_once_unobserved(
         self,
@@ -269,7 +284,7 @@ class UpstreamClient:
                 headers=self._headers(headers),
                 data=body,
                 allow_redirects=False,
-                timeout=aiohttp.ClientTimeout(sock_connect=self.config.connect_timeout),
+                timeout=self._connect_timeout,
             ) as response:
                 location = response.headers.get("Location")
                 if (
@@ -296,7 +311,10 @@ class UpstreamClient:
             )
         return target
 
-    def _headers(self, extra: Headers | None) -> CIMultiDict[str]:
+    def _headers(self, extra: Headers | None) -> Headers | None:
+        if not self.config.headers:
+            # aiohttp copies the headers into its own multidict anyway.
+            return extra
         # A multidict keeps repeated client headers (the proxy); the
         # upstream's configured headers replace any of the same name.
         merged: CIMultiDict[str] = CIMultiDict(extra or ())

@@ -11,6 +11,7 @@ from pathlib import Path
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
+from logs import APP_LOGGERS
 from tests.fault_upstream import FaultUpstream
 from tests.gateway_serving import Gateway, gateway_serving
 from tests.processes import start_gateway
@@ -150,9 +151,9 @@ async def test_every_log_line_of_a_request_carries_its_id(
 ) -> None:
     config = tmp_path / "gateway.toml"
     config.write_text(_config(fault.url))
-    process, url = await start_gateway(
-        {**os.environ, "FANOUT_CONFIG": str(config)}, capture_stderr=True
-    )
+    # DEBUG: successful upstream calls are logged at that level only.
+    env = {**os.environ, "FANOUT_CONFIG": str(config), "FANOUT_LOG_LEVEL": "DEBUG"}
+    process, url = await start_gateway(env, capture_stderr=True)
     try:
         async with aiohttp.ClientSession() as client:
             async with client.get(f"{url}/profile/5", headers={"X-Request-ID": "trace-42"}) as r:
@@ -167,7 +168,16 @@ async def test_every_log_line_of_a_request_carries_its_id(
     access = [line for line in mine if line["logger"] == "hypercorn.access"]
     calls = [line for line in mine if line["message"] == "upstream call"]
     assert len(access) == 1 and access[0]["path"] == "/profile/5" and access[0]["status"] == "200"
-    assert {(c["upstream"], c["status"]) for c in calls} == {("fault", 200), ("flaky", 503)}
+    assert {(c["upstream"], c["status"], c["level"]) for c in calls} == {
+        ("fault", 200, "debug"),
+        ("flaky", 503, "warning"),
+    }
     assert all("duration_ms" in c for c in calls)
     # The other request's lines are not mixed in.
     assert not [line for line in mine if "/profile/6" in json.dumps(line)]
+
+
+def test_log_level_reaches_every_top_level_module() -> None:
+    modules = {path.stem for path in ROOT.glob("*.py")}
+    packages = {path.parent.name for path in ROOT.glob("*/__init__.py")}
+    assert (modules | packages) - {"tests", "bench"} == set(APP_LOGGERS)
