@@ -49,12 +49,13 @@ def probe_state() -> ProbeState:
 
 @blueprint.post("/spawn/<key>")
 async def spawn(key: str) -> tuple[Response, int]:
-    """Start a task that records a result 100 ms after the response."""
+    """Start a task that records a result ``pause`` seconds (default 0.1) after the response."""
     state = probe_state()
     value = request.get_json()["value"]
+    pause = float(request.get_json().get("pause", 0.1))
 
     async def finish_later() -> None:
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(pause)
         # The task still sees the request it was started from.
         state.results[key] = f"{value} via {request.path}"
 
@@ -81,7 +82,8 @@ async def upstream() -> Response:
         "fake",
         "GET",
         f"{current_app.config['PROBE_UPSTREAM']}/delay?ms={request.args.get('ms', '0')}",
-        deadline=5.0,
+        # A test queueing far more calls than the session's connections sets a longer one.
+        deadline=float(request.args.get("deadline", "5")),
         headers={"X-Request-ID": g.request_id},
     )
     return jsonify(reply.json())
@@ -121,9 +123,10 @@ async def _context_reader() -> Any:
 
 @blueprint.get("/sleepy")
 def sleepy() -> Response:
-    """Block for 0.5 s (a plain def view: runs in the thread pool)."""
-    time.sleep(0.5)
-    return jsonify(slept=0.5)
+    """Block for ``seconds`` (default 0.5; a plain def view: runs in the thread pool)."""
+    seconds = float(request.args.get("seconds", "0.5"))
+    time.sleep(seconds)
+    return jsonify(slept=seconds)
 
 
 @blueprint.get("/sync-calls-async")

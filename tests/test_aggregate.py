@@ -52,7 +52,7 @@ def _config(upstream_url: str) -> str:
 path = "/{prefix}/{name}"
 timeout = 1.5
   [[endpoints.backends]]
-  upstream = "fault"
+  upstream = "healthy"
   path = "/users/1"
   group = "user"
   required = true
@@ -64,6 +64,12 @@ timeout = 1.5
 """
             )
     return f"""
+# The healthy backend beside each fault: a timeout a loaded machine never reaches.
+[upstreams.healthy]
+base_url = "{upstream_url}"
+internal = true
+timeout = 5.0
+
 [upstreams.fault]
 base_url = "{upstream_url}"
 internal = true
@@ -78,7 +84,7 @@ base_url = "{upstream_url}"
 internal = true
 timeout = 0.5
 retries = 0
-circuit_breaker = {{ failures = 3, reset_after = 0.5 }}
+circuit_breaker = {{ failures = 3, reset_after = 2.0 }}
 
 [upstreams.retrying]
 base_url = "{upstream_url}"
@@ -90,7 +96,7 @@ retry_budget = 1.0
 [upstreams.single]
 base_url = "{upstream_url}"
 internal = true
-timeout = 0.5
+timeout = 0.8
 max_connections = 1
 circuit_breaker = {{ failures = 2, reset_after = 30.0 }}
 
@@ -190,8 +196,9 @@ method = "POST"
 [[endpoints]]
 path = "/hot"
   [[endpoints.backends]]
-  upstream = "fault"
-  path = "/json?ms=200&hot=1"
+  # A 1 s answer: all 100 requests arrive while it is in flight, even on a loaded machine.
+  upstream = "healthy"
+  path = "/json?ms=1000&hot=1"
 
 [[endpoints]]
 path = "/cached"
@@ -321,7 +328,7 @@ async def test_circuit_opens_fails_fast_then_half_opens(
     assert body["errors"]["fragile"]["status"] == 503
     assert "circuit open" in body["errors"]["fragile"]["detail"]
     assert fault.hits["/storm"] == 3  # failed fast: no call made
-    await asyncio.sleep(0.6)
+    await asyncio.sleep(2.1)  # past reset_after: the next call is the trial
     await _get(gateway, "/fragile")  # the half-open trial goes through, fails again
     assert fault.hits["/storm"] == 4
     await _get(gateway, "/fragile")
@@ -335,7 +342,7 @@ async def test_circuit_closes_again_after_a_successful_trial(
         assert (await _get(gateway, "/recovering/k"))[0] == 502
     assert (await _get(gateway, "/recovering/k"))[0] == 502  # open: not called
     assert fault.hits["/flaky:k"] == 3
-    await asyncio.sleep(0.6)
+    await asyncio.sleep(2.1)  # past reset_after: the next call is the trial
     status, _, body = await _get(gateway, "/recovering/k")
     assert status == 200 and body["ok"] is True
     for _ in range(3):
@@ -384,8 +391,8 @@ async def test_at_most_max_connections_calls_run_at_once_per_upstream(
 
 
 async def test_waiting_for_a_connection_slot_is_not_an_upstream_failure(gateway: Gateway) -> None:
-    # One connection, 300 ms answers, a 0.5 s timeout: the fourth call waits
-    # 0.9 s for the slot, within the endpoint's 3 s deadline.
+    # One connection, 300 ms answers, a 0.8 s timeout: the fourth call waits
+    # 0.9 s for the slot (longer than the timeout), within the endpoint's 3 s deadline.
     results = await asyncio.gather(*(_get(gateway, f"/single/{n}") for n in range(4)))
     assert [status for status, _, _ in results] == [200] * 4
     status, _, _ = await _get(gateway, "/single/9")

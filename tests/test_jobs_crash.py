@@ -53,7 +53,7 @@ async def test_jobs_of_a_killed_process_end_interrupted_never_running(
                 async with client.post(f"{url}/jobs/batch", json=body) as response:
                     assert response.status == 202
                     ids.append((await response.json())["id"])
-            for _ in range(200):
+            for _ in range(1000):  # polls: generous budgets, the machine is shared
                 if fault.hits["/never"] == 20:
                     break
                 await asyncio.sleep(0.02)
@@ -65,7 +65,7 @@ async def test_jobs_of_a_killed_process_end_interrupted_never_running(
     try:
         async with aiohttp.ClientSession() as client:
             statuses: dict[str, str] = {}
-            for _ in range(100):
+            for _ in range(300):
                 for job_id in ids:
                     async with client.get(f"{url}/jobs/{job_id}") as response:
                         assert response.status == 200  # none is lost

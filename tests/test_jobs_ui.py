@@ -69,8 +69,10 @@ async def test_the_page_shows_live_progress_and_cancels(
     assert await page.title() == "Fanout: jobs"
     batch = {
         "upstream": "fault",
-        "path": "/json?ms=300&i={item}",
-        "items": list(range(20)),
+        # Five quick items, then fifteen of 4 s (each under the 5 s timeout):
+        # the job cannot end before a slow browser has seen it move and cancelled it.
+        "path": "/json?ms={item}",
+        "items": [300 + n for n in range(5)] + [4000 + n for n in range(15)],
         "concurrency": 1,
     }
     async with gateway.client.post("/jobs/batch", json=batch) as response:

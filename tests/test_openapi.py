@@ -303,7 +303,9 @@ def run_document(document: dict[str, Any]) -> dict[str, Any]:
     return document
 
 
-@pytest.mark.timeout(150)
+# About 16 s on a quiet machine, 62 s with three busy loops beside it: the
+# limits leave room for a slower CI machine.
+@pytest.mark.timeout(660)
 def test_schemathesis_finds_no_server_error_nor_schema_violation(tmp_path: Path) -> None:
     """schemathesis run (all phases, stateful included) over the served document."""
     with live_gateway(tmp_path) as gateway:
@@ -330,7 +332,7 @@ def test_schemathesis_finds_no_server_error_nor_schema_violation(tmp_path: Path)
         ]
         # The working directory takes schemathesis' cache and reports.
         finished = subprocess.run(
-            command, cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False
+            command, cwd=tmp_path, capture_output=True, text=True, timeout=600, check=False
         )
     output = finished.stdout + finished.stderr
     assert finished.returncode == 0, output

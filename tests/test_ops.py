@@ -24,7 +24,7 @@ def _config(upstream_url: str) -> str:
 [upstreams.fault]
 base_url = "{upstream_url}"
 internal = true
-timeout = 0.5
+timeout = 5.0
 
 [upstreams.flaky]
 base_url = "{upstream_url}"

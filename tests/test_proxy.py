@@ -322,7 +322,7 @@ async def test_a_client_abandoning_a_download_frees_the_upstream_connection(
         assert response.status == 200
         await response.content.readexactly(200_000)
     # Leaving the block without reading the rest drops our connection.
-    for _ in range(100):
+    for _ in range(1000):  # a generous budget: the machine is shared
         if fault.in_flight == 0:
             break
         await asyncio.sleep(0.02)

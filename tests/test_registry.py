@@ -7,6 +7,7 @@ import gc
 import time
 import tracemalloc
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -150,10 +151,12 @@ async def test_finished_jobs_are_swept_and_memory_returns(store: MemoryStore) ->
 async def test_a_worker_whose_clock_runs_ahead_does_not_interrupt_a_live_job(
     store: MemoryStore,
 ) -> None:
-    runner = JobRegistry(store, FAST, worker_id="runner")
+    # A 1 s lease (not FAST's 0.5 s): renewals keep 0.6 s of slack on a loaded machine.
+    limits = replace(FAST, lease_seconds=1.0)
+    runner = JobRegistry(store, limits, worker_id="runner")
     runner.start()
-    # Another worker's clock runs 0.7 s ahead: more than a lease (0.5 s), less than two.
-    ahead = JobRegistry(store, FAST, worker_id="ahead", clock=lambda: time.time() + 0.7)
+    # Another worker's clock runs 1.4 s ahead: more than a lease, less than two.
+    ahead = JobRegistry(store, limits, worker_id="ahead", clock=lambda: time.time() + 1.4)
     ahead.start()
     done = asyncio.Event()
 
@@ -162,7 +165,7 @@ async def test_a_worker_whose_clock_runs_ahead_does_not_interrupt_a_live_job(
         return _ok()
 
     record = await runner.submit("k", long)
-    await asyncio.sleep(1.5)  # three leases
+    await asyncio.sleep(3.0)  # three leases
     current = await store.get(record.id)
     assert current is not None and current.status is JobStatus.RUNNING
     done.set()

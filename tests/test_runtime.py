@@ -15,13 +15,14 @@ from tests.upstream import FakeUpstream
 
 
 async def test_task_created_in_a_view_outlives_the_request(served: Served) -> None:
-    async with served.client.post("/probe/spawn/k1", json={"value": "v1"}) as response:
+    spawn = {"value": "v1", "pause": 1.0}
+    async with served.client.post("/probe/spawn/k1", json=spawn) as response:
         assert response.status == 202
     # Right after the response the task has not finished yet...
     async with served.client.get("/probe/result/k1") as response:
         assert response.status == 404
     # ...but it goes on running on the server loop and a later request sees it.
-    for _ in range(100):
+    for _ in range(500):
         async with served.client.get("/probe/result/k1") as response:
             if response.status == 200:
                 assert await response.json() == {"result": "v1 via /probe/spawn/k1"}
@@ -44,16 +45,19 @@ async def test_100_concurrent_requests_to_a_200ms_upstream_overlap(
     assert statuses == [200] * 100
     # Serially this is 20 s; overlapped it is a few hundred ms.
     assert elapsed < 5.0, elapsed
-    assert upstream.peak_in_flight >= 50
+    # Overlapped, not one by one (how many at once is up to a loaded machine).
+    assert upstream.peak_in_flight >= 20
 
 
 async def test_1000_concurrent_requests_are_all_served(
     served: Served, upstream: FakeUpstream
 ) -> None:
     async def one() -> int:
-        async with served.client.get("/probe/upstream?ms=200") as response:
+        # 1,000 calls queue for the session's 256 connections: a deadline
+        # that a loaded machine cannot run out.
+        async with served.client.get("/probe/upstream?ms=200&deadline=60") as response:
             body = await response.json()
-            assert body["ms"] == 200
+            assert body["ms"] == 200, body
             return response.status
 
     statuses = await asyncio.gather(*(one() for _ in range(1000)))
@@ -67,7 +71,8 @@ async def test_blocking_sync_view_does_not_delay_async_views(served: Served) -> 
     finished: list[str] = []
 
     async def sleepy() -> None:
-        async with served.client.get("/probe/sleepy") as response:
+        # 2 s: time for 20 quick requests on a loaded machine.
+        async with served.client.get("/probe/sleepy?seconds=2") as response:
             assert response.status == 200
         finished.append("sleepy")
 
@@ -169,14 +174,14 @@ async def test_client_disconnect_cancels_the_view_coroutine(served: Served) -> N
     _, writer = await asyncio.open_connection(host, int(port))
     writer.write(b"GET /probe/hang HTTP/1.1\r\nHost: t\r\n\r\n")
     await writer.drain()
-    for _ in range(200):
+    for _ in range(2000):  # polls: generous budgets, the machine is shared
         if served.probes.events:
             break
         await asyncio.sleep(0.01)
     assert served.probes.events == ["hang started"]
     writer.close()
     await writer.wait_closed()
-    for _ in range(300):
+    for _ in range(3000):
         if served.probes.cancelled:
             break
         await asyncio.sleep(0.01)

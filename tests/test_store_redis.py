@@ -14,9 +14,11 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
+from redis.asyncio.connection import AbstractConnection
 
 from jobs.model import (
     JobRecord,
@@ -198,15 +200,25 @@ async def test_a_full_life_leaves_no_keys_behind(
     assert await _keys(redis_url, prefix) == []
 
 
-async def test_cancel_requested_for_hundreds_of_ids_is_one_quick_call(store: RedisStore) -> None:
+async def test_cancel_requested_for_hundreds_of_ids_is_one_round_trip(
+    store: RedisStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
     records = await asyncio.gather(*(store.create(job()) for _ in range(300)))
     for record in records[::7]:
         await store.request_cancel(record.id)
-    loop = asyncio.get_running_loop()
-    began = loop.time()
+    # Counted, not timed: every write to the server goes through this method
+    # (the real one still runs).
+    sends: list[object] = []
+    send = AbstractConnection.send_packed_command
+
+    async def counted(self: AbstractConnection, command: Any, check_health: bool = True) -> None:
+        sends.append(command)
+        await send(self, command, check_health)
+
+    monkeypatch.setattr(AbstractConnection, "send_packed_command", counted)
     flagged = await store.cancel_requested(ids(records))
-    # One pipelined round trip: milliseconds locally; the bound is generous.
-    assert loop.time() - began < 0.25
+    monkeypatch.undo()
+    assert len(sends) == 1  # one pipelined round trip for 300 ids
     assert flagged == set(ids(records[::7]))
 
 
@@ -247,7 +259,7 @@ async def test_nothing_listening_fails_fast() -> None:
     began = loop.time()
     with pytest.raises(StoreUnavailable):
         await dead.open()
-    assert loop.time() - began < 3
+    assert loop.time() - began < 10  # fails fast; generous, the machine is shared
     with pytest.raises(RuntimeError, match="not open"):
         await dead.get(new_job_id())
     await dead.close()
@@ -266,7 +278,7 @@ async def test_a_server_that_never_answers_fails_in_about_the_timeout() -> None:
         began = loop.time()
         with pytest.raises(StoreUnavailable):
             await silent.open()
-        assert loop.time() - began < 3
+        assert loop.time() - began < 10  # fails fast; generous, the machine is shared
     finally:
         server.close()
         await server.wait_closed()
@@ -312,7 +324,7 @@ async def test_a_server_that_dies_makes_calls_fail_fast(own_server: int) -> None
             began = loop.time()
             with pytest.raises(StoreUnavailable):
                 await call()
-            assert loop.time() - began < 3
+            assert loop.time() - began < 10  # fails fast; generous, the machine is shared
     finally:
         await mortal.close()
 
