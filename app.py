@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
+
+from flask import Flask
 
 from auth import install_auth
 from bridge import ASGIBridge, BridgeFlask
+from bridge.gc_tuning import tuned_gc
 from core.config import GatewayConfig, load_gateway_config
 from errors import install_error_handlers
 from handlers import demo, health, jobs, jobs_ui, openapi, ops, proxy
@@ -56,10 +59,18 @@ def create_app(config: Mapping[str, Any] | None = None) -> BridgeFlask:
 
 
 def create_served_app() -> BridgeFlask:
-    """Create the app as served: also set the log level from LOG_LEVEL."""
+    """Create the app as served: also the log level (LOG_LEVEL) and the GC (GC_THRESHOLD)."""
     served = create_app()
     set_level(served.config["LOG_LEVEL"])
+    # Registered last, so it runs once every other startup hook has built its part.
+    served.while_serving(_tuned_gc)
     return served
+
+
+async def _tuned_gc(app: Flask) -> AsyncIterator[None]:
+    # Process-wide, so only for the served app: tests build many apps in one process.
+    async with tuned_gc(app.config["GC_THRESHOLD"]):
+        yield
 
 
 #: The ASGI entry (``hypercorn -c hypercorn.toml app:app``). The Flask app is

@@ -41,6 +41,10 @@ DEFAULTS: Mapping[str, Any] = MappingProxyType(
         "JOB_LEASE_SECONDS": 10.0,
         "JOB_POLL_SECONDS": 0.5,
         "JOB_SWEEP_SECONDS": 60.0,
+        # The served process's garbage collector: allocations between young
+        # passes (Python's default is 700), with what startup built frozen
+        # out of every pass; 0 leaves the collector as Python sets it.
+        "GC_THRESHOLD": 50_000,
     }
 )
 
