@@ -19,43 +19,87 @@ def expand_path(template: str, values: Mapping[str, Any]) -> str:
     Raises KeyError naming an unknown placeholder, and ValueError for an unbalanced brace
     or when values would make a path segment empty, "." or "..".
     """
-    out: list[str] = []
-    segment: list[str] = []
-    segment_has_value = in_query = False
+    return PathTemplate(template).expand(values)
+
+
+# Kinds of the pieces a template is parsed into.
+_LITERAL, _VALUE, _SEPARATOR = 0, 1, 2
+
+
+class PathTemplate:
+    """A path template parsed once (as expand_path reads it): expanding it is quoting and joins.
+
+    Endpoints keep one per backend, so a request does not scan templates
+    character by character. Raises ValueError for an unbalanced brace.
+    """
+
+    def __init__(self, template: str) -> None:
+        self.template = template
+        self._pieces = _parse(template)
+
+    def expand(self, values: Mapping[str, Any]) -> str:
+        """The path with ``values`` in place (see expand_path)."""
+        out: list[str] = []
+        segment: list[str] = []
+        segment_has_value = in_query = False
+        for kind, text in self._pieces:
+            if kind == _LITERAL:
+                out.append(text)
+                segment.append(text)
+            elif kind == _VALUE:
+                if text not in values:
+                    raise KeyError(text)
+                encoded = quote(str(values[text]), safe="")
+                out.append(encoded)
+                segment.append(encoded)
+                segment_has_value = True
+            else:
+                # A segment ends here: check it, the separator itself belongs to none.
+                _check_segment(segment, segment_has_value, self.template)
+                segment, segment_has_value = [], False
+                in_query = text == "?"
+                out.append(text)
+        if not in_query:
+            _check_segment(segment, segment_has_value, self.template)
+        return "".join(out)
+
+
+def _parse(template: str) -> tuple[tuple[int, str], ...]:
+    pieces: list[tuple[int, str]] = []
+    literal: list[str] = []
+    in_query = False
+
+    def flush() -> None:
+        if literal:
+            pieces.append((_LITERAL, "".join(literal)))
+            literal.clear()
+
     i = 0
     while i < len(template):
         char = template[i]
         if template.startswith(("{{", "}}"), i):
-            out.append(char)
-            segment.append(char)
+            literal.append(char)
             i += 2
         elif char == "{":
             end = template.find("}", i + 1)
             name = template[i + 1 : end]
             if end == -1 or not name or "{" in name:
                 raise ValueError(f"unbalanced '{{' at offset {i} in path template {template!r}")
-            if name not in values:
-                raise KeyError(name)
-            encoded = quote(str(values[name]), safe="")
-            out.append(encoded)
-            segment.append(encoded)
-            segment_has_value = True
+            flush()
+            pieces.append((_VALUE, name))
             i = end + 1
         elif char == "}":
             raise ValueError(f"unbalanced '}}' at offset {i} in path template {template!r}")
         else:
             if not in_query and char in "/?":
-                # A segment ends here: check it, the separator itself belongs to none.
-                _check_segment(segment, segment_has_value, template)
-                segment, segment_has_value = [], False
+                flush()
+                pieces.append((_SEPARATOR, char))
                 in_query = char == "?"
             else:
-                segment.append(char)
-            out.append(char)
+                literal.append(char)
             i += 1
-    if not in_query:
-        _check_segment(segment, segment_has_value, template)
-    return "".join(out)
+    flush()
+    return tuple(pieces)
 
 
 def append_query(path: str, query_string: str) -> str:

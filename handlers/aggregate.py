@@ -16,7 +16,7 @@ from core.aggregate import BackendFailure, decide
 from core.cache_control import response_ttl
 from core.config import BackendConfig, EndpointConfig
 from core.merge import Part, filter_fields
-from core.paths import append_query, expand_path
+from core.paths import PathTemplate, append_query
 from errors import PROBLEM_JSON, upstream_status
 from handlers.jobs import prefers_async, start_job
 from jobs.model import StoredResponse
@@ -39,17 +39,30 @@ def register_endpoints(app: Flask, endpoints: Sequence[EndpointConfig]) -> None:
 
 
 def _view_for(endpoint: EndpointConfig) -> Callable[..., Coroutine[Any, Any, Response]]:
+    # Parsed once here, not on every request (the config checked them already).
+    templates = tuple(PathTemplate(backend.path) for backend in endpoint.backends)
+
     async def aggregate_view(**route_values: Any) -> Response:
-        return await aggregate(endpoint, route_values)
+        return await aggregate(endpoint, route_values, templates)
 
     aggregate_view.__doc__ = f"{endpoint.method} {endpoint.path}: aggregate its backends."
     return aggregate_view
 
 
-async def aggregate(endpoint: EndpointConfig, route_values: Mapping[str, Any]) -> Response:
-    """Answer the merged result of the endpoint's backends, or start it as a job."""
+async def aggregate(
+    endpoint: EndpointConfig,
+    route_values: Mapping[str, Any],
+    templates: Sequence[PathTemplate] | None = None,
+) -> Response:
+    """Answer the merged result of the endpoint's backends, or start it as a job.
+
+    ``templates``: the backends' parsed path templates, in order (parsed here if None).
+    """
     pool = upstreams(current_app)
-    paths = _backend_paths(endpoint, route_values, request.query_string.decode("latin-1"))
+    if templates is None:
+        templates = [PathTemplate(backend.path) for backend in endpoint.backends]
+    query = request.query_string.decode("latin-1")
+    paths = _backend_paths(endpoint, templates, route_values, query)
     body = None if endpoint.method in BODYLESS_METHODS else request.get_data()
     request_id = current_request_id()
 
@@ -104,12 +117,15 @@ async def fan_out(
 
 
 def _backend_paths(
-    endpoint: EndpointConfig, route_values: Mapping[str, Any], query: str
+    endpoint: EndpointConfig,
+    templates: Sequence[PathTemplate],
+    route_values: Mapping[str, Any],
+    query: str,
 ) -> list[str]:
     paths = []
-    for backend in endpoint.backends:
+    for backend, template in zip(endpoint.backends, templates, strict=True):
         try:
-            path = expand_path(backend.path, route_values)
+            path = template.expand(route_values)
         except ValueError as exc:
             # e.g. a route value of ".." that would climb out of its segment
             abort(400, description=f"Invalid path parameter: {exc}")

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from core.paths import append_query, expand_path
+from core.paths import PathTemplate, append_query, expand_path
 
 
 @pytest.mark.parametrize(
@@ -93,3 +93,16 @@ def test_literal_dot_segments_in_the_template_are_the_author_s_choice() -> None:
 )
 def test_append_query(path: str, query: str, expected: str) -> None:
     assert append_query(path, query) == expected
+
+
+def test_a_template_parsed_once_expands_each_request_s_values() -> None:
+    template = PathTemplate("/u/{id}/o?x={q}&{{lit}}")
+    assert template.expand({"id": "a/b", "q": "1"}) == "/u/a%2Fb/o?x=1&{lit}"
+    assert template.expand({"id": 7, "q": ".."}) == "/u/7/o?x=..&{lit}"
+    with pytest.raises(ValueError, match="leave its place"):
+        template.expand({"id": "..", "q": 1})
+
+
+def test_an_unbalanced_template_fails_when_parsed() -> None:
+    with pytest.raises(ValueError, match="unbalanced"):
+        PathTemplate("/u/{id")
