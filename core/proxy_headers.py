@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
-from core.headers import forwarded_for, strip_hop_by_hop
+from core.headers import client_address, forwarded_for, strip_hop_by_hop
 
 #: Client headers never passed on as sent: the proxy sets its own values.
 _REPLACED = frozenset(
@@ -14,6 +14,8 @@ _REPLACED = frozenset(
 #: Upstream response headers the serving front end sets itself (else they
 #: would reach the client twice).
 _SERVER_OWNED = frozenset({"date", "server"})
+#: The only X-Forwarded-Proto values passed on; anything else is replaced by ours.
+_SCHEMES = frozenset({"http", "https"})
 #: Credentials, passed on only when the upstream's forward_headers names them.
 _CREDENTIALS = frozenset({"cookie", "authorization"})
 
@@ -39,19 +41,24 @@ def upstream_request_headers(
     allowed = {name.lower() for name in forward}
     kept: list[tuple[str, str]] = []
     seen_for: list[str] = []
-    seen_proto: str | None = None
+    seen_proto: list[str] = []
     for name, value in strip_hop_by_hop(headers):
         lower = name.lower()
         if lower == "x-forwarded-for":
             seen_for.append(value)
-        elif lower == "x-forwarded-proto" and seen_proto is None:
-            seen_proto = value.split(",")[0].strip()
+        elif lower == "x-forwarded-proto":
+            seen_proto.append(value)
         if lower in _REPLACED or (lower in _CREDENTIALS and lower not in allowed):
             continue
         kept.append((name, value))
     existing_for = ", ".join(seen_for) or None
-    # The client's own X-Forwarded-* are believed only behind trusted proxies.
-    proto = seen_proto if trusted_proxies and seen_proto else client.scheme
+    # The client's own X-Forwarded-* are believed only behind trusted proxies,
+    # and only as deep as they go: the scheme is the entry the outermost trusted
+    # proxy added, taken from the right as for X-Forwarded-For (the leftmost
+    # entries are whatever the client sent).
+    proto = client_address(", ".join(seen_proto), client.scheme, trusted_proxies).lower()
+    if proto not in _SCHEMES:
+        proto = client.scheme
     kept += [
         ("X-Forwarded-For", forwarded_for(existing_for, client.address, trusted_proxies)),
         ("X-Forwarded-Proto", proto),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from core.proxy_headers import ClientSide, client_response_headers, upstream_request_headers
 
 CLIENT = ClientSide(address="203.0.113.9", scheme="https", host="gw.example", request_id="r1")
@@ -55,6 +57,27 @@ def test_trusted_proxies_keep_their_forwarding_entries() -> None:
     )
     assert sent["x-forwarded-for"] == ["10.0.0.2, 203.0.113.9"]
     assert sent["x-forwarded-proto"] == ["https"]
+
+
+@pytest.mark.parametrize(
+    ("values", "trusted", "expected"),
+    [
+        # The client's own claim, left of what our one trusted proxy appended.
+        (["https, http"], 1, "http"),
+        (["https", "http"], 1, "http"),  # the same, as repeated headers
+        (["evil, https, http"], 2, "https"),
+        (["HTTPS"], 1, "https"),
+        (["http"], 3, "http"),  # fewer entries than proxies: the leftmost is theirs
+        (["javascript"], 1, "https"),  # not a scheme we pass on: ours instead
+        ([" , "], 1, "https"),
+        (["http"], 0, "https"),  # no trusted proxy: never the client's claim
+    ],
+)
+def test_forwarded_proto_is_taken_from_the_right_trusted_proxies_deep(
+    values: list[str], trusted: int, expected: str
+) -> None:
+    sent = _up([("X-Forwarded-Proto", value) for value in values], trusted_proxies=trusted)
+    assert sent["x-forwarded-proto"] == [expected]
 
 
 def test_response_headers_lose_hop_by_hop_server_owned_and_cookies() -> None:
