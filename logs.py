@@ -54,10 +54,17 @@ def _access_fields(atoms: Mapping[str, Any]) -> dict[str, Any]:
         "method": atoms.get("m"),
         "path": atoms.get("U"),
         "query": atoms.get("q") or None,
-        "status": atoms.get("s"),
+        "status": _status(atoms.get("s")),
         "duration_ms": round(int(atoms.get("D", 0)) / 1000, 3),
         "client": atoms.get("h"),
     }
+
+
+def _status(atom: Any) -> int | None:
+    # Hypercorn writes the status as text ("-" when there was no response);
+    # upstream call lines carry it as a number, and so does this.
+    text = str(atom)
+    return int(text) if text.isdigit() else None
 
 
 #: The top-level packages and modules whose loggers LOG_LEVEL sets.

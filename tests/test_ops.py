@@ -167,7 +167,7 @@ async def test_every_log_line_of_a_request_carries_its_id(
     mine = [line for line in lines if line.get("request_id") == "trace-42"]
     access = [line for line in mine if line["logger"] == "hypercorn.access"]
     calls = [line for line in mine if line["message"] == "upstream call"]
-    assert len(access) == 1 and access[0]["path"] == "/profile/5" and access[0]["status"] == "200"
+    assert len(access) == 1 and access[0]["path"] == "/profile/5" and access[0]["status"] == 200
     assert {(c["upstream"], c["status"], c["level"]) for c in calls} == {
         ("fault", 200, "debug"),
         ("flaky", 503, "warning"),
