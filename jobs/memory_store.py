@@ -72,6 +72,10 @@ def _expired(record: JobRecord, now: float) -> bool:
     return record.expires_at is not None and record.expires_at < now
 
 
+def _lapsed(record: JobRecord, now: float) -> bool:
+    return record.lease_until is not None and record.lease_until < now
+
+
 class MemoryStore:
     """JobStore in a dict: nothing survives the process, nothing is shared with others.
 
@@ -119,11 +123,16 @@ class MemoryStore:
             return None
         return record
 
-    async def replace(self, record: JobRecord, *, expected: JobStatus) -> JobRecord:
-        """Write ``record`` if the stored job still has status ``expected``."""
+    async def replace(
+        self, record: JobRecord, *, expected: JobStatus, lease_before: float | None = None
+    ) -> JobRecord:
+        """Write ``record`` if the stored job still has status ``expected`` (and,
+        with ``lease_before``, a lease that ended before it)."""
         stored = self._records.get(record.id)
         if stored is None or stored.status != expected:
             raise StaleRecord(f"job {record.id} is no longer {expected}")
+        if lease_before is not None and not _lapsed(stored, lease_before):
+            raise StaleRecord(f"job {record.id}: its lease was renewed")
         if stored.cancel_requested and not record.cancel_requested:
             # A cancel may land between the caller's read and this write; the
             # flag only ever goes up, so a write from an older copy keeps it.
@@ -134,6 +143,11 @@ class MemoryStore:
                 self._keys[(record.owner, record.idempotency_key)] = record.id
         self._records[record.id] = record
         return record
+
+    async def find_by_key(self, owner: str | None, key: str) -> JobRecord | None:
+        """The live job that ``owner`` started with this idempotency key, if any."""
+        job_id = self._keys.get((owner, key))
+        return None if job_id is None else await self.get(job_id)
 
     async def request_cancel(self, job_id: str) -> JobRecord | None:
         """Flag a pending or running job for cancelling; return it as now stored."""
@@ -180,16 +194,13 @@ class MemoryStore:
                 self._records[record.id] = evolve(record, lease_until=until)
 
     async def cancel_requested(self, job_ids: Sequence[str]) -> set[str]:
-        """Of these ids, the ones whose cancel has been requested."""
-        return {r.id for r in self._find(job_ids) if r.cancel_requested}
+        """Of these ids, the ones whose cancel has been requested or that are gone."""
+        found = {job_id: self._records.get(job_id) for job_id in job_ids}
+        return {job_id for job_id, r in found.items() if r is None or r.cancel_requested}
 
     async def lapsed(self, now: float) -> list[JobRecord]:
         """Pending or running jobs whose lease ended before ``now``."""
-        return [
-            r
-            for r in self._records.values()
-            if r.status in ACTIVE and r.lease_until is not None and r.lease_until < now
-        ]
+        return [r for r in self._records.values() if r.status in ACTIVE and _lapsed(r, now)]
 
     async def sweep(self, now: float) -> int:
         """Delete finished jobs whose expires_at has passed; return how many."""

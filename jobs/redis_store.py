@@ -101,12 +101,18 @@ return {0}
 
 # KEYS: job, owner index, leases, expiries[, idem]
 # ARGV: expected status, id, index member, final '1'|'0', cancel '1'|'0',
-#       lease|'', worker|'', expiry score|'', idem PEXPIREAT ms|'', field, value, ...
+#       lease|'', worker|'', expiry score|'', idem PEXPIREAT ms|'',
+#       lease before|'', field, value, ...
 # Returns false when the stored status is not the expected one (or the job is
-# gone), else {cancel, lease} as written.
+# gone, or its lease does not end before "lease before"), else {cancel, lease}
+# as written.
 _REPLACE = """
 local old = redis.call('HMGET', KEYS[1], 'status', 'cancel', 'lease', 'worker', 'ix', 'ixm', 'idem')
 if old[1] ~= ARGV[1] then return false end
+-- Taking over a lapsed job: a renewal since the caller's read wins.
+if ARGV[10] ~= '' and (not old[3] or tonumber(old[3]) >= tonumber(ARGV[10])) then
+  return false
+end
 local id = ARGV[2]
 -- A cancel requested since the caller read the record must not be lost.
 local cancel = ARGV[5]
@@ -119,7 +125,7 @@ if lease ~= '' and ARGV[4] == '0' and old[3] and old[4] == ARGV[7]
   lease = old[3]
 end
 redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], 'cancel', cancel, unpack(ARGV, 10))
+redis.call('HSET', KEYS[1], 'cancel', cancel, unpack(ARGV, 11))
 if lease ~= '' then redis.call('HSET', KEYS[1], 'lease', lease) end
 if lease ~= '' and ARGV[4] == '0' then
   redis.call('ZADD', KEYS[3], lease, id)
@@ -474,8 +480,11 @@ class RedisStore:
         record = _decode(cast(dict[bytes, bytes], fields))  # decode_responses is off
         return None if _expired(record, time.time()) else record
 
-    async def replace(self, record: JobRecord, *, expected: JobStatus) -> JobRecord:
-        """Write ``record`` if the stored job still has status ``expected`` (atomically)."""
+    async def replace(
+        self, record: JobRecord, *, expected: JobStatus, lease_before: float | None = None
+    ) -> JobRecord:
+        """Write ``record`` if the stored job still has status ``expected`` (and, with
+        ``lease_before``, a lease that ended before it), atomically."""
         fields = _encode(record)
         del fields["cancel"]
         lease = fields.pop("lease", "")
@@ -497,6 +506,7 @@ class RedisStore:
             record.worker or "",
             _score(record.expires_at) if final and record.expires_at is not None else "",
             _ms(record.expires_at) if record.expires_at is not None else "",
+            _score(lease_before) if lease_before is not None else "",
         ]
         for name, value in fields.items():
             args += [name, value]
@@ -509,6 +519,17 @@ class RedisStore:
             cancel_requested=cancel == b"1",
             lease_until=float(written_lease) if written_lease else None,
         )
+
+    async def find_by_key(self, owner: str | None, key: str) -> JobRecord | None:
+        """The live job that ``owner`` started with this idempotency key, if any."""
+        with _unavailable():
+            job_id = await self.redis.get(self._idem_key(owner, key))
+        if job_id is None:
+            return None
+        record = await self.get(_texts([job_id])[0])
+        if record is None or record.owner != owner or record.idempotency_key != key:
+            return None  # the key outlived its job for a moment (it expires in ms)
+        return record
 
     async def request_cancel(self, job_id: str) -> JobRecord | None:
         """Flag a pending or running job for cancelling; return it as now stored."""
@@ -585,7 +606,8 @@ class RedisStore:
             await self._run("renew", [self._leases], args)
 
     async def cancel_requested(self, job_ids: Sequence[str]) -> set[str]:
-        """Of these ids, the ones whose cancel has been requested (one round trip)."""
+        """Of these ids, the ones whose cancel has been requested or that are gone
+        (one round trip)."""
         ids = list(dict.fromkeys(job_ids))
         if not ids:
             return set()
@@ -594,7 +616,8 @@ class RedisStore:
                 for job_id in ids:
                     pipe.hget(self._job_key(job_id), "cancel")
                 flags: list[bytes | None] = await pipe.execute()
-        return {job_id for job_id, flag in zip(ids, flags, strict=True) if flag == b"1"}
+        # A job's hash always has the field: None means the job is gone.
+        return {job_id for job_id, flag in zip(ids, flags, strict=True) if flag != b"0"}
 
     async def lapsed(self, now: float) -> list[JobRecord]:
         """Pending or running jobs whose lease ended before ``now``."""

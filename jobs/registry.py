@@ -136,6 +136,8 @@ class JobRegistry:
         self._accepting = True
         self._starting = 0
         self._maintenance: asyncio.Task[None] | None = None
+        #: Until when the last successful renewal holds this worker's jobs.
+        self._renewed_until = 0.0
 
     # Lifecycle
 
@@ -381,7 +383,10 @@ class JobRegistry:
         now = self._clock()
         mine = list(self._tasks)
         if mine:
-            await self.store.renew_leases(self.worker_id, mine, now + self.limits.lease_seconds)
+            until = now + self.limits.lease_seconds
+            await self.store.renew_leases(self.worker_id, mine, until)
+            self._renewed_until = until
+            # Asked to cancel, or deleted (a forgotten job must not keep running).
             for job_id in await self.store.cancel_requested(mine):
                 task = self._tasks.get(job_id)
                 if task is not None and job_id not in self._stop_reasons:
@@ -389,31 +394,33 @@ class JobRegistry:
                     task.cancel()
         # A full extra lease of margin: worker clocks may differ (by less than
         # a lease), and a loop blocked for a moment must not lose its jobs.
-        for candidate in await self.store.lapsed(now - self.limits.lease_seconds):
+        cutoff = now - self.limits.lease_seconds
+        for candidate in await self.store.lapsed(cutoff):
             if candidate.id in self._tasks:
                 continue
-            # Re-read right before writing: a renewal may have landed meanwhile.
-            lapsed = await self.store.get(candidate.id)
-            if lapsed is None or lapsed.status.final or (lapsed.lease_until or 0) >= now:
-                continue
-            try:
-                await self.store.replace(
-                    model.interrupt(
-                        lapsed,
-                        "The worker running the job stopped.",
-                        now=now,
-                        ttl=self.limits.result_ttl,
-                    ),
-                    expected=lapsed.status,
-                )
-                if self._observer is not None:
-                    # Never active here: counted as finished, not as leaving "active".
-                    self._observer.observe_job(lapsed.kind, None, JobStatus.INTERRUPTED)
-                async with self._changed:
-                    self._changed.notify_all()
-                logger.info("job %s interrupted: its worker's lease lapsed", lapsed.id)
-            except (StaleRecord, model.InvalidTransition):
-                pass  # another worker got there first
+            await self._take_over(candidate, now=now, cutoff=cutoff)
+
+    async def _take_over(self, lapsed: JobRecord, *, now: float, cutoff: float) -> JobRecord | None:
+        """Finish a job whose worker's lease ended before ``cutoff``; None if it moved on."""
+        ttl = self.limits.result_ttl
+        if lapsed.cancel_requested:
+            # Its owner was asked to cancel it, then died: cancelled is what was asked.
+            final = model.cancel(lapsed, now=now, ttl=ttl)
+        else:
+            final = model.interrupt(lapsed, "The worker running the job stopped.", now=now, ttl=ttl)
+        try:
+            # The lease is checked by the write itself: a renewal landing since
+            # the read makes it miss instead of overwriting a live job.
+            stored = await self.store.replace(final, expected=lapsed.status, lease_before=cutoff)
+        except (StaleRecord, model.InvalidTransition):
+            return None  # renewed meanwhile, or another worker got there first
+        if self._observer is not None:
+            # Never active here: counted as finished, not as leaving "active".
+            self._observer.observe_job(stored.kind, None, stored.status)
+        async with self._changed:
+            self._changed.notify_all()
+        logger.info("job %s %s: its worker's lease lapsed", stored.id, stored.status)
+        return stored
 
 
 def _visible(record: JobRecord) -> tuple[Any, ...]:

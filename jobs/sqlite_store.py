@@ -237,9 +237,21 @@ class SqliteStore:
         """The job, or None if unknown or expired."""
         return await self._call(lambda conn: self._get(conn, job_id, time.time()))
 
-    async def replace(self, record: JobRecord, *, expected: JobStatus) -> JobRecord:
-        """Write ``record`` if the stored job still has status ``expected`` (compare-and-set)."""
-        return await self._call(lambda conn: self._replace(conn, record, expected))
+    async def replace(
+        self, record: JobRecord, *, expected: JobStatus, lease_before: float | None = None
+    ) -> JobRecord:
+        """Write ``record`` if the stored job still has status ``expected`` (and, with
+        ``lease_before``, a lease that ended before it): one compare-and-set."""
+        return await self._call(lambda conn: self._replace(conn, record, expected, lease_before))
+
+    async def find_by_key(self, owner: str | None, key: str) -> JobRecord | None:
+        """The live job that ``owner`` started with this idempotency key, if any."""
+        sql = (
+            f"SELECT {_COLUMNS} FROM jobs WHERE coalesce(owner, x'') = coalesce(?, x'')"
+            f" AND idempotency_key = ? AND {_LIVE}"
+        )
+        rows = await self._call(lambda conn: _records(conn.execute(sql, (owner, key, time.time()))))
+        return rows[0] if rows else None
 
     async def request_cancel(self, job_id: str) -> JobRecord | None:
         """Flag a pending or running job for cancelling; return it as now stored."""
@@ -289,7 +301,7 @@ class SqliteStore:
         await self._call(lambda conn: self._renew(conn, worker, list(job_ids), until))
 
     async def cancel_requested(self, job_ids: Sequence[str]) -> set[str]:
-        """Of these ids, the ones whose cancel has been requested."""
+        """Of these ids, the ones whose cancel has been requested or that are gone."""
         return await self._call(lambda conn: self._cancel_requested(conn, list(job_ids)))
 
     async def lapsed(self, now: float) -> list[JobRecord]:
@@ -395,19 +407,30 @@ class SqliteStore:
         return record
 
     def _replace(
-        self, conn: sqlite3.Connection, record: JobRecord, expected: JobStatus
+        self,
+        conn: sqlite3.Connection,
+        record: JobRecord,
+        expected: JobStatus,
+        lease_before: float | None,
     ) -> JobRecord:
         row = _row(record)
+        where = "id = ? AND status = ?"
+        args: list[Any] = [record.id, expected.value]
+        if lease_before is not None:
+            # Checked in the same statement: a renewal committed after the
+            # caller's read makes this write miss instead of undoing it.
+            where += " AND lease_until < ?"
+            args.append(lease_before)
         with _transaction(conn):
             # cancel_requested only ever goes up: a cancel landing between the
             # caller's read and this write survives a write from the older copy.
             updated = conn.execute(
                 f"UPDATE jobs SET {_SET_ALL}, cancel_requested = cancel_requested OR ?"
-                " WHERE id = ? AND status = ?",
-                (*row[1:], int(record.cancel_requested), record.id, expected.value),
+                f" WHERE {where}",
+                (*row[1:], int(record.cancel_requested), *args),
             ).rowcount
             if updated == 0:
-                raise StaleRecord(f"job {record.id} is no longer {expected}")
+                raise StaleRecord(f"job {record.id} is no longer {expected} (or was renewed)")
             if not record.cancel_requested:
                 flag = conn.execute(
                     "SELECT cancel_requested FROM jobs WHERE id = ?", (record.id,)
@@ -438,15 +461,16 @@ class SqliteStore:
                 )
 
     def _cancel_requested(self, conn: sqlite3.Connection, ids: list[str]) -> set[str]:
-        found: set[str] = set()
+        # The complement of the stored, unflagged ones: a deleted id is in it too.
+        keep_going: set[str] = set()
         for chunk in _chunks(ids):
             rows = conn.execute(
-                "SELECT id FROM jobs WHERE cancel_requested = 1"
+                "SELECT id FROM jobs WHERE cancel_requested = 0"
                 f" AND id IN ({', '.join('?' * len(chunk))})",
                 chunk,
             ).fetchall()
-            found.update(row[0] for row in rows)
-        return found
+            keep_going.update(row[0] for row in rows)
+        return set(ids) - keep_going
 
     def _sweep(self, conn: sqlite3.Connection, now: float) -> int:
         deleted: int = conn.execute(

@@ -35,7 +35,10 @@ class JobStore(Protocol):
 
     Records are immutable values; ``replace`` writes a new version only if
     the stored one still has the status the caller read (a compare-and-set
-    on ``expected``), so two workers never both move one job.
+    on ``expected``), so two workers never both move one job. A worker that
+    takes over a lapsed job also passes ``lease_before``: the same write then
+    checks that the lease is still lapsed, so a renewal landing between its
+    read and its write wins.
     """
 
     async def open(self) -> None:
@@ -54,8 +57,14 @@ class JobStore(Protocol):
     async def get(self, job_id: str) -> JobRecord | None:
         """The job, or None if unknown or expired (expires_at in the past)."""
 
-    async def replace(self, record: JobRecord, *, expected: JobStatus) -> JobRecord:
-        """Write ``record`` if the stored one has status ``expected``, else raise StaleRecord."""
+    async def replace(
+        self, record: JobRecord, *, expected: JobStatus, lease_before: float | None = None
+    ) -> JobRecord:
+        """Write ``record`` if the stored one has status ``expected`` (and, with
+        ``lease_before``, a lease that ended before it), else raise StaleRecord."""
+
+    async def find_by_key(self, owner: str | None, key: str) -> JobRecord | None:
+        """The live job that ``owner`` started with this idempotency key, if any."""
 
     async def request_cancel(self, job_id: str) -> JobRecord | None:
         """Set cancel_requested on a pending or running job; return it (None if unknown)."""
@@ -79,7 +88,8 @@ class JobStore(Protocol):
         """Extend the lease of these pending or running jobs held by ``worker``."""
 
     async def cancel_requested(self, job_ids: Sequence[str]) -> set[str]:
-        """Of these ids, the ones whose cancel has been requested."""
+        """Of these ids, the ones to stop: their cancel was requested, or they are
+        no longer stored (deleted: a deleted job must not keep running)."""
 
     async def lapsed(self, now: float) -> list[JobRecord]:
         """Pending or running jobs whose lease ended before ``now``: their worker

@@ -20,6 +20,7 @@ from jobs.model import (
     Progress,
     StoredResponse,
     cancel,
+    interrupt,
     new_job_id,
     start,
     succeed,
@@ -359,10 +360,63 @@ class StoreContract:
         quiet = [await store.create(job()) for _ in range(3)]
         for record in flagged:
             await store.request_cancel(record.id)
-        asked = [*ids(flagged), *ids(quiet), new_job_id()]
+        asked = [*ids(flagged), *ids(quiet)]
         assert await store.cancel_requested(asked) == set(ids(flagged))
         assert await store.cancel_requested(ids(quiet)) == set()
         assert await store.cancel_requested([]) == set()
+
+    async def test_cancel_requested_includes_deleted_jobs(self, store: JobStore) -> None:
+        # DELETE forgets a job that may still run elsewhere: its worker must
+        # stop it, though the record (and its cancel flag) is gone.
+        now = time.time()
+        running = start(await store.create(job()), worker="w", now=now, lease_until=now + 30)
+        await store.replace(running, expected=JobStatus.PENDING)
+        quiet = await store.create(job())
+        never = new_job_id()
+        assert await store.delete(running.id)
+        assert await store.cancel_requested([running.id, quiet.id, never]) == {running.id, never}
+
+    async def test_a_renewal_after_the_read_beats_the_lapse_write(self, store: JobStore) -> None:
+        # Another worker read the job as lapsed; the owner renews its lease
+        # before that worker writes: the interrupting write must lose.
+        now = time.time()
+        running = start(await store.create(job()), worker="w", now=now, lease_until=now - 5)
+        await store.replace(running, expected=JobStatus.PENDING)
+        (seen,) = await store.lapsed(now)
+        await store.renew_leases("w", [running.id], now + 30)
+        taken_over = interrupt(seen, "lapsed", now=now, ttl=HOUR)
+        with pytest.raises(StaleRecord):
+            await store.replace(taken_over, expected=JobStatus.RUNNING, lease_before=now)
+        assert await store.get(running.id) == replace(running, lease_until=now + 30)
+
+    async def test_a_lapse_write_on_a_lapsed_lease_lands(self, store: JobStore) -> None:
+        now = time.time()
+        running = start(await store.create(job()), worker="w", now=now, lease_until=now - 5)
+        await store.replace(running, expected=JobStatus.PENDING)
+        no_lease = await store.create(job())  # a lease of None never counts as lapsed
+        taken_over = interrupt(running, "lapsed", now=now, ttl=HOUR)
+        written = await store.replace(taken_over, expected=JobStatus.RUNNING, lease_before=now)
+        assert await store.get(running.id) == written
+        assert written.status is JobStatus.INTERRUPTED
+        with pytest.raises(StaleRecord):
+            await store.replace(
+                interrupt(no_lease, "lapsed", now=now, ttl=HOUR),
+                expected=JobStatus.PENDING,
+                lease_before=now,
+            )
+        assert await store.get(no_lease.id) == no_lease
+
+    async def test_find_by_key(self, store: JobStore) -> None:
+        of_a = await store.create(job(owner="a", idempotency_key="k"))
+        ownerless = await store.create(job(owner=None, idempotency_key="k"))
+        await store.create(finished(-1, owner="a", idempotency_key="gone"))
+        assert await store.find_by_key("a", "k") == of_a
+        assert await store.find_by_key(None, "k") == ownerless
+        assert await store.find_by_key("b", "k") is None
+        assert await store.find_by_key("a", "other") is None
+        assert await store.find_by_key("a", "gone") is None  # expired
+        assert await store.delete(of_a.id)
+        assert await store.find_by_key("a", "k") is None
 
     async def test_lapsed(self, store: JobStore) -> None:
         now = time.time()
