@@ -214,24 +214,29 @@ class UpstreamClient:
         loop = asyncio.get_running_loop()
         if deadline - loop.time() <= 0:
             raise UpstreamTimeout(self.name, f"{self.name}: no time left before the deadline")
-        self._admit()
-        url = self.url(path_and_query)
-        # Waiting for a free slot is this gateway's queue, not the upstream's fault.
-        await self._acquire_slot(deadline - loop.time())
-        budget = min(self.config.timeout, deadline - loop.time())
+        trial = self._admit()
         try:
-            async with asyncio.timeout(budget):
-                reply = await self._request_following_redirects(method, url, headers, body)
-        except BadUpstreamPayload:
-            self.breaker.record_failure()
+            url = self.url(path_and_query)
+            # Waiting for a free slot is this gateway's queue, not the upstream's fault.
+            await self._acquire_slot(deadline - loop.time())
+            budget = min(self.config.timeout, deadline - loop.time())
+            try:
+                async with asyncio.timeout(budget):
+                    reply = await self._request_following_redirects(method, url, headers, body)
+            except BadUpstreamPayload:
+                self.breaker.record_failure()
+                raise
+            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+                # Only the upstream's own timeout counts against it, not a try cut
+                # short by the caller's deadline.
+                blame = not isinstance(exc, TimeoutError) or budget >= self.config.timeout
+                raise self._failure(exc, seconds=budget, blame=blame) from exc
+            finally:
+                self._slots.release()
+        except BaseException:
+            if trial:
+                self._abandon_trial()
             raise
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            # Only the upstream's own timeout counts against it, not a try cut
-            # short by the caller's deadline.
-            blame = not isinstance(exc, TimeoutError) or budget >= self.config.timeout
-            raise self._failure(exc, seconds=budget, blame=blame) from exc
-        finally:
-            self._slots.release()
         self._record_status(reply.status)
         return reply
 
@@ -267,12 +272,21 @@ class UpstreamClient:
                 f"{self.name}: all {self.config.max_connections} connections stayed busy",
             ) from exc
 
-    def _admit(self) -> None:
+    def _admit(self) -> bool:
+        """Let the call through or raise CircuitOpen; True if it is the half-open trial."""
         if not self.breaker.allow():
             raise CircuitOpen(
                 self.name,
                 f"{self.name}: circuit open, retry in {self.breaker.retry_after():.3g}s",
             )
+        return self.breaker.state is CircuitState.HALF_OPEN
+
+    def _abandon_trial(self) -> None:
+        # The trial failed without its outcome being recorded (a slot wait or a
+        # try cut short by the caller's deadline, a blocked destination, a
+        # cancellation), or it was recorded and this is a no-op: either way the
+        # next call is the trial, not a fast failure for another reset_after.
+        self.breaker.abandon_trial()
 
     async def _request_following_redirects(
         self, method: str, url: URL, headers: Headers | None, body: bytes | None
@@ -348,9 +362,14 @@ class UpstreamClient:
     async def _open_stream(
         self, method: str, path_and_query: str, headers: Headers, body: Body
     ) -> UpstreamStream:
-        self._admit()
-        url = self.url(path_and_query)
-        await self._acquire_slot(self.config.timeout)
+        trial = self._admit()
+        try:
+            url = self.url(path_and_query)
+            await self._acquire_slot(self.config.timeout)
+        except BaseException:
+            if trial:
+                self._abandon_trial()
+            raise
         upload = _TrackedBody(body) if body is not None and not isinstance(body, bytes) else None
         try:
             async with asyncio.timeout(self.config.timeout if upload is None else None):
@@ -368,9 +387,14 @@ class UpstreamClient:
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             self._slots.release()
             blame = upload is None or upload.finished
-            raise self._failure(exc, seconds=self.config.timeout, blame=blame) from exc
+            error = self._failure(exc, seconds=self.config.timeout, blame=blame)
+            if trial:
+                self._abandon_trial()  # after _failure: a no-op if it recorded the failure
+            raise error from exc
         except BaseException:
             self._slots.release()
+            if trial:
+                self._abandon_trial()
             raise
         self._record_status(response.status)
         return UpstreamStream(response, self._slots.release)

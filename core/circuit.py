@@ -23,9 +23,10 @@ class CircuitBreaker:
 
     Only one trial call runs at a time while half-open. Outcomes recorded while open, or
     while half-open with no trial under way, come from calls started before the circuit
-    opened and are ignored. A trial not recorded within ``reset_after`` (its caller was
-    cancelled and never reported) is presumed lost, so another trial is allowed rather than
-    keeping the circuit shut for good.
+    opened and are ignored. A trial whose outcome says nothing of the upstream (it was
+    cancelled, cut short by its caller's deadline, refused before connecting) is handed back
+    with ``abandon_trial``, so the next call is the trial; one never reported at all is
+    presumed lost after ``reset_after``, rather than keeping the circuit shut for good.
     """
 
     def __init__(
@@ -86,6 +87,15 @@ class CircuitBreaker:
                 self._open()
         elif self._trial_started is not None:
             self._open()
+
+    def abandon_trial(self) -> None:
+        """Give back the half-open trial's place: its outcome will never be recorded.
+
+        The next call becomes the trial, instead of failing fast until the lost trial
+        expires. A no-op once the trial's outcome was recorded (closed or open again).
+        """
+        if self._state is CircuitState.HALF_OPEN:
+            self._trial_started = None
 
     def retry_after(self) -> float:
         """Return the seconds until the circuit turns half-open (0 when it is not open)."""
