@@ -9,7 +9,7 @@ from typing import Any
 
 from flask import Flask, Response, abort, current_app, request
 
-from clients.errors import UpstreamError, UpstreamStatusError
+from clients.errors import UpstreamError, UpstreamStatusError, UpstreamTimeout
 from clients.upstream import UpstreamReply
 from clients.upstreams import Upstreams
 from core.aggregate import BackendFailure, decide
@@ -176,8 +176,15 @@ class _BackendCall:
             cached = self._pool.cache.get(key)
             if cached is not None:
                 return cached
-        # Identical GETs in flight at once share one upstream call.
-        reply = await self._pool.coalescer.run(key, fetch)
+        # Identical GETs in flight at once share one upstream call; each
+        # request waits for it only until its own deadline.
+        try:
+            reply = await self._pool.coalescer.run(key, fetch, deadline=self._deadline)
+        except TimeoutError:
+            timeout = self._endpoint.timeout
+            raise UpstreamTimeout(
+                upstream, f"{upstream} did not answer within {timeout:.3g}s"
+            ) from None
         if ttl > 0 and 200 <= reply.status < 300:
             self._pool.cache.put(key, reply, response_ttl(reply.headers.get("Cache-Control"), ttl))
         return reply

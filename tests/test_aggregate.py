@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import tracemalloc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -201,6 +201,20 @@ path = "/hot"
   path = "/json?ms=1000&hot=1"
 
 [[endpoints]]
+path = "/patient/<ms>"
+timeout = 3.0
+  [[endpoints.backends]]
+  upstream = "healthy"
+  path = "/json?ms={{ms}}&shared=1"
+
+[[endpoints]]
+path = "/hasty/<ms>"
+timeout = 0.5
+  [[endpoints.backends]]
+  upstream = "healthy"
+  path = "/json?ms={{ms}}&shared=1"
+
+[[endpoints]]
 path = "/cached"
 cache_ttl = 60
   [[endpoints.backends]]
@@ -365,6 +379,44 @@ async def test_identical_concurrent_gets_make_one_upstream_call(
     results = await asyncio.gather(*(_get(gateway, "/hot") for _ in range(100)))
     assert all(status == 200 for status, _, _ in results)
     assert fault.hits["/json"] == 1
+
+
+async def _until(condition: Callable[[], bool]) -> None:
+    for _ in range(1000):  # a generous budget: the machine is shared
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the condition never held")
+
+
+async def test_a_request_joining_a_slower_ones_call_gives_up_at_its_own_deadline(
+    gateway: Gateway, fault: FaultUpstream
+) -> None:
+    # The upstream answers in 2 s: within /patient's 3 s, past /hasty's 0.5 s.
+    patient = asyncio.create_task(_get(gateway, "/patient/2000"))
+    await _until(lambda: fault.hits["/json"] == 1)
+    status, _, body = await _get(gateway, "/hasty/2000")  # joins the call in flight
+    assert status == 504, body
+    assert body["errors"]["healthy"]["detail"] == "healthy did not answer within 0.5s"
+    assert not patient.done()  # answered long before the slow answer came
+    status, _, body = await patient
+    assert status == 200 and body["path"] == "/json"
+    assert fault.hits["/json"] == 1  # one upstream call, shared
+
+
+async def test_a_request_joining_a_hastier_ones_call_outlives_its_deadline(
+    gateway: Gateway, fault: FaultUpstream
+) -> None:
+    # The upstream answers in 0.8 s: /hasty's call is cut at 0.5 s by its
+    # deadline, which /patient (3 s) does not share.
+    hasty = asyncio.create_task(_get(gateway, "/hasty/800"))
+    await _until(lambda: fault.hits["/json"] == 1)
+    patient = asyncio.create_task(_get(gateway, "/patient/800"))
+    status, _, _ = await hasty
+    assert status == 504
+    status, _, body = await patient
+    assert status == 200, body
+    assert fault.hits["/json"] == 2  # called again for the patient request
 
 
 async def test_cache_honours_the_upstream_cache_control(
