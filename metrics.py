@@ -3,17 +3,23 @@
 One registry per app. With several Hypercorn workers, set
 ``PROMETHEUS_MULTIPROC_DIR`` (``fanout`` does) before the workers start:
 every worker then writes its samples there and ``/metrics`` on any worker
-reports them all.
+reports them all. Gauges of a worker's own state (in flight, the thread
+pool, circuits) are re-sampled by every worker a few times a second, and the
+files of workers that died are removed at each scrape, so a scrape adds up
+live workers only. Job counts are read from the job store at scrape time.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
+from collections import Counter as Tally
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from flask import Flask, Response, current_app, g, request
@@ -25,11 +31,15 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+from prometheus_client.registry import Collector
 
 from bridge import BridgeFlask, serving_state
+from bridge.serving import ServingState
 from core.circuit import CircuitState
 from jobs.model import JobStatus
+from jobs.store import JobStore, StoreUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +47,14 @@ METRICS_KEY = "fanout.metrics"
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 #: Circuit states as gauge values.
 CIRCUIT_VALUES = {CircuitState.CLOSED: 0, CircuitState.HALF_OPEN: 1, CircuitState.OPEN: 2}
-LAG_INTERVAL_SECONDS = 0.25
+#: How often each worker measures its loop's lag and re-samples its gauges.
+SAMPLE_INTERVAL_SECONDS = 0.25
+#: The job statuses reported by ``fanout_jobs_active``.
+ACTIVE_STATUSES = (JobStatus.PENDING, JobStatus.RUNNING)
+#: How long a scrape waits for the job store before leaving the job counts out.
+STORE_TIMEOUT_SECONDS = 2.0
+#: Every lease ends before this time: ``lapsed`` at it lists every active job.
+_END_OF_LEASES = 1e15
 
 
 @dataclass
@@ -51,9 +68,10 @@ class Metrics:
     upstream_calls: Counter
     upstream_seconds: Histogram
     jobs_finished: Counter
-    jobs_active: Gauge
     circuit_state: Gauge
+    sync_threads: Gauge
     sync_views_running: Gauge
+    sync_views_queued: Gauge
     loop_lag_seconds: Histogram
     #: Labelled children already looked up: ``labels()`` validates and locks on
     #: every call, and the hot paths ask for the same few children each time.
@@ -78,13 +96,18 @@ class Metrics:
         self.circuit_state.labels(upstream).set(CIRCUIT_VALUES[state])
 
     def observe_job(self, kind: str, before: JobStatus | None, after: JobStatus) -> None:
-        """Follow a job from one status to the next."""
-        if before is not None and not before.final:
-            self.jobs_active.labels(kind, str(before)).dec()
+        """Count a job that reached a final status (active jobs are counted in the store)."""
         if after.final:
             self.jobs_finished.labels(kind, str(after)).inc()
-        else:
-            self.jobs_active.labels(kind, str(after)).inc()
+
+    def observe_bridge(self, state: ServingState, threads: int) -> None:
+        """Record the thread pool of plain def views: its size, what runs and what waits."""
+        # The bridge counts a view from its hand-off to the pool until it
+        # returns: beyond the pool's size, the rest wait in its queue.
+        running = min(state.sync_running, threads)
+        self.sync_threads.set(threads)
+        self.sync_views_running.set(running)
+        self.sync_views_queued.set(state.sync_running - running)
 
 
 def _build() -> Metrics:
@@ -127,23 +150,29 @@ def _build() -> Metrics:
             ["kind", "status"],
             registry=registry,
         ),
-        jobs_active=Gauge(
-            "fanout_jobs_active",
-            "Jobs pending or running",
-            ["kind", "status"],
-            registry=registry,
-            multiprocess_mode="livesum",
-        ),
         circuit_state=Gauge(
             "fanout_circuit_state",
-            "Upstream circuit: 0 closed, 1 half-open, 2 open",
+            "Upstream circuit: 0 closed, 1 half-open, 2 open (the worst of the live workers)",
             ["upstream"],
             registry=registry,
-            multiprocess_mode="max",
+            # live: a worker that died with its circuit open is not reported forever.
+            multiprocess_mode="livemax",
+        ),
+        sync_threads=Gauge(
+            "fanout_sync_threads",
+            "Threads of the pool that runs plain def views",
+            registry=registry,
+            multiprocess_mode="livesum",
         ),
         sync_views_running=Gauge(
             "fanout_sync_views_running",
             "Plain def views running in the thread pool",
+            registry=registry,
+            multiprocess_mode="livesum",
+        ),
+        sync_views_queued=Gauge(
+            "fanout_sync_views_queued",
+            "Plain def views waiting for a thread of the pool",
             registry=registry,
             multiprocess_mode="livesum",
         ),
@@ -201,17 +230,27 @@ def metrics_of_request() -> Metrics:
     return metrics(current_app)
 
 
-async def _loop_lag(app: Flask) -> AsyncIterator[None]:
+def _sample_bridge(app: Flask, found: Metrics) -> None:
+    state = serving_state(app)
+    if state is not None:
+        found.observe_bridge(state, int(app.config["SYNC_THREADS"]))
+
+
+async def _sampling(app: Flask) -> AsyncIterator[None]:
     found = metrics(app)
 
-    async def measure() -> None:
+    async def sample() -> None:
         loop = asyncio.get_running_loop()
         while True:
-            expected = loop.time() + LAG_INTERVAL_SECONDS
-            await asyncio.sleep(LAG_INTERVAL_SECONDS)
+            expected = loop.time() + SAMPLE_INTERVAL_SECONDS
+            await asyncio.sleep(SAMPLE_INTERVAL_SECONDS)
             found.loop_lag_seconds.observe(max(0.0, loop.time() - expected))
+            # Every worker writes its own state here: with several workers a
+            # scrape is answered by one of them, and reads the others' files.
+            _sample_bridge(app, found)
 
-    task = asyncio.get_running_loop().create_task(measure(), name="loop-lag")
+    _sample_bridge(app, found)
+    task = asyncio.get_running_loop().create_task(sample(), name="metrics-sampling")
     try:
         yield
     finally:
@@ -219,19 +258,108 @@ async def _loop_lag(app: Flask) -> AsyncIterator[None]:
         await asyncio.gather(task, return_exceptions=True)
 
 
-def exposition(app: Flask) -> Response:
-    """The Prometheus text for ``GET /metrics``."""
-    found = metrics(app)
-    state = serving_state(app)
-    if state is not None:
-        found.sync_views_running.set(state.sync_running)
-    if os.environ.get(MULTIPROCESS_ENV):
-        # Every worker's samples, from the shared directory.
-        registry = CollectorRegistry()
-        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-        body = generate_latest(registry)
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process, but it exists
+    return True
+
+
+def forget_dead_processes(directory: str | os.PathLike[str]) -> list[int]:
+    """Remove the live-gauge files of processes that no longer exist; return their pids."""
+    pids = set()
+    for path in Path(directory).glob("gauge_live*_*.db"):
+        written_by = path.stem.rsplit("_", 1)[-1]
+        if written_by.isdigit():
+            pids.add(int(written_by))
+    dead = sorted(pid for pid in pids if not _alive(pid))
+    for pid in dead:
+        # Another worker's scrape may have removed the file first.
+        with contextlib.suppress(FileNotFoundError):
+            mark_process_dead(pid, str(directory))  # type: ignore[no-untyped-call]
+    return dead
+
+
+async def active_jobs(store: JobStore) -> Tally[tuple[str, str]]:
+    """Pending and running jobs in the store, by kind and status."""
+    # Every active job holds a lease (its worker's claim), so the jobs whose
+    # lease ends before the end of time are all the active ones.
+    records = await store.lapsed(_END_OF_LEASES)
+    return Tally((record.kind, str(record.status)) for record in records)
+
+
+class _ActiveJobs:
+    """``fanout_jobs_active`` from counts taken at scrape time (not from a worker's gauges)."""
+
+    def __init__(self, counts: Mapping[tuple[str, str], int], kinds: Iterable[str]) -> None:
+        self._counts = dict.fromkeys(
+            ((kind, str(status)) for kind in kinds for status in ACTIVE_STATUSES), 0
+        ) | dict(counts)
+
+    def collect(self) -> Iterator[Metric]:
+        """The family, a sample per kind and status (zero for known kinds without any)."""
+        family = GaugeMetricFamily(
+            "fanout_jobs_active",
+            "Jobs pending or running, as the job store has them (the same from every worker)",
+            labels=["kind", "status"],
+        )
+        for (kind, status), count in sorted(self._counts.items()):
+            family.add_metric([kind, status], count)
+        yield family
+
+
+class _Together:
+    """Several collectors as one, for one exposition."""
+
+    def __init__(self, collectors: Sequence[Collector]) -> None:
+        self._collectors = collectors
+
+    def collect(self) -> Iterator[Metric]:
+        """Every collector's metrics, in order."""
+        for collector in self._collectors:
+            yield from collector.collect()
+
+
+async def _job_counts(store: JobStore | None) -> Tally[tuple[str, str]] | None:
+    if store is None:
+        return None
+    try:
+        async with asyncio.timeout(STORE_TIMEOUT_SECONDS):
+            return await active_jobs(store)
+    except (StoreUnavailable, TimeoutError):
+        # The other metrics are still worth having; the gap shows the store's trouble.
+        logger.warning("job store unavailable: fanout_jobs_active left out of this scrape")
+        return None
+
+
+def _render(found: Metrics, jobs: Collector | None) -> bytes:
+    directory = os.environ.get(MULTIPROCESS_ENV)
+    own: Collector
+    if directory:
+        forget_dead_processes(directory)
+        # Every live worker's samples, from the shared directory.
+        own = MultiProcessCollector(None, directory)  # type: ignore[no-untyped-call]
     else:
-        body = generate_latest(found.registry)
+        own = found.registry
+    return generate_latest(_Together([own] if jobs is None else [own, jobs]))
+
+
+async def exposition(
+    app: Flask, store: JobStore | None = None, kinds: Iterable[str] = ()
+) -> Response:
+    """The Prometheus text for ``GET /metrics``; job counts from ``store`` when given."""
+    found = metrics(app)
+    _sample_bridge(app, found)  # this worker's freshest, whatever the sampling's phase
+    counts = await _job_counts(store)
+    jobs = None if counts is None else _ActiveJobs(counts, kinds)
+    if os.environ.get(MULTIPROCESS_ENV):
+        # Reading every worker's files is disk I/O: off the loop.
+        body = await asyncio.to_thread(_render, found, jobs)
+    else:
+        body = _render(found, jobs)
     return Response(
         body,
         mimetype=CONTENT_TYPE_LATEST.split(";")[0],
@@ -243,8 +371,10 @@ def install_metrics(app: BridgeFlask) -> Metrics:
     """Create the app's metrics and count every request."""
     found = _build()
     app.extensions[METRICS_KEY] = found
-    app.before_request(_begin)
+    # First of all before-request hooks, wherever this is installed: a request
+    # that an earlier hook answers (auth's 401) is timed and in flight too.
+    app.before_request_funcs.setdefault(None, []).insert(0, _begin)
     app.after_request(_end)
     app.teardown_request(_leave)
-    app.while_serving(_loop_lag)
+    app.while_serving(_sampling)
     return found

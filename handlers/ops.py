@@ -5,11 +5,15 @@ from __future__ import annotations
 from flask import Blueprint, Response, current_app
 
 from metrics import exposition
+from resources import JOB_REGISTRY_KEY, job_kinds
 
 blueprint = Blueprint("ops", __name__)
 
 
 @blueprint.get("/metrics")
-def prometheus_metrics() -> Response:
+async def prometheus_metrics() -> Response:
     """Metrics in the Prometheus text format (every worker's, in multiprocess mode)."""
-    return exposition(current_app)
+    # An async view: a scrape takes no thread of the pool whose use it reports.
+    registry = current_app.extensions.get(JOB_REGISTRY_KEY)
+    store = registry.store if registry is not None else None
+    return await exposition(current_app, store, job_kinds())
