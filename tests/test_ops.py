@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import signal
+from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
@@ -44,7 +45,10 @@ path = "/profile/<user_id>"
 """
 
 
-def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def _samples(text: str) -> Samples:
     found = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
@@ -52,7 +56,7 @@ def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     return found
 
 
-async def _scrape(gateway: Gateway) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+async def _scrape(gateway: Gateway) -> Samples:
     async with gateway.client.get("/metrics") as response:
         assert response.status == 200
         assert response.headers["Content-Type"].startswith("text/plain")
@@ -181,3 +185,125 @@ def test_log_level_reaches_every_top_level_module() -> None:
     modules = {path.stem for path in ROOT.glob("*.py")}
     packages = {path.parent.name for path in ROOT.glob("*/__init__.py")}
     assert (modules | packages) - {"tests", "bench"} == set(APP_LOGGERS)
+
+
+def _outcomes_config(upstream_url: str) -> str:
+    port = upstream_url.rsplit(":", 1)[1]
+    return f"""
+[upstreams.fault]
+base_url = "{upstream_url}"
+internal = true
+
+[upstreams.slow]
+base_url = "{upstream_url}"
+internal = true
+timeout = 0.3
+connect_timeout = 0.3
+
+# Loopback, and not declared internal: refused before any connection.
+[upstreams.outside]
+base_url = "http://127.0.0.2:{port}"
+
+[[endpoints]]
+path = "/outcomes"
+  [[endpoints.backends]]
+  upstream = "fault"
+  path = "/users/1"
+  group = "ok"
+  [[endpoints.backends]]
+  upstream = "slow"
+  path = "/never"
+  group = "timeout"
+  [[endpoints.backends]]
+  upstream = "fault"
+  path = "/reset"
+  group = "error"
+  [[endpoints.backends]]
+  upstream = "outside"
+  path = "/users/1"
+  group = "blocked"
+"""
+
+
+async def test_upstream_timeouts_errors_and_blocked_calls_are_counted(
+    fault: FaultUpstream, tmp_path: Path
+) -> None:
+    async with gateway_serving(_outcomes_config(fault.url), tmp_path) as gateway:
+        async with gateway.client.get("/outcomes") as response:
+            assert response.status == 200
+            assert response.headers["X-Fanout-Completed"] == "false"
+            assert set((await response.json())["_errors"]) == {"timeout", "error", "blocked"}
+        samples = await _scrape(gateway)
+    calls = {
+        (dict(labels)["upstream"], dict(labels)["outcome"]): value
+        for (name, labels), value in samples.items()
+        if name == "fanout_upstream_calls_total"
+    }
+    assert calls == {
+        ("fault", "ok"): 1,
+        ("slow", "timeout"): 1,
+        ("fault", "error"): 1,
+        ("outside", "blocked"): 1,
+    }
+    seconds = {
+        dict(labels)["upstream"]: value
+        for (name, labels), value in samples.items()
+        if name == "fanout_upstream_call_seconds_count"
+    }
+    # Every call that went out is timed (the blocked one never left).
+    assert seconds == {"fault": 2, "slow": 1}
+    assert samples[("fanout_upstream_call_seconds_sum", (("upstream", "slow"),))] >= 0.3
+
+
+async def _scrape_until(
+    gateway: Gateway, condition: Callable[[Samples], bool], seconds: float = 10.0
+) -> Samples:
+    deadline = asyncio.get_running_loop().time() + seconds
+    while True:
+        found = await _scrape(gateway)
+        if condition(found) or asyncio.get_running_loop().time() > deadline:
+            return found
+        await asyncio.sleep(0.05)
+
+
+async def test_jobs_waiting_for_a_slot_are_counted_pending(
+    fault: FaultUpstream, tmp_path: Path
+) -> None:
+    config = _config(fault.url) + "\n[jobs]\nmax_running = 1\n"
+    pending = ("fanout_jobs_active", (("kind", "batch"), ("status", "pending")))
+    running = ("fanout_jobs_active", (("kind", "batch"), ("status", "running")))
+    async with gateway_serving(config, tmp_path) as gateway:
+        ids = []
+        for _ in range(3):
+            batch = {"upstream": "fault", "path": "/never?{item}", "items": [1]}
+            async with gateway.client.post("/jobs/batch", json=batch) as response:
+                assert response.status == 202
+                ids.append((await response.json())["id"])
+        busy = await _scrape_until(gateway, lambda found: found[running] == 1)
+        assert (busy[running], busy[pending]) == (1, 2)  # one slot: the others wait
+        for job_id in ids:
+            async with gateway.client.post(f"/jobs/{job_id}/cancel") as response:
+                assert (await response.json())["status"] == "cancelled"
+        idle = await _scrape(gateway)
+    assert (idle[running], idle[pending]) == (0, 0)
+    cancelled = ("fanout_jobs_finished_total", (("kind", "batch"), ("status", "cancelled")))
+    assert idle[cancelled] == 3
+
+
+async def test_requests_refused_by_auth_are_timed_and_counted(
+    fault: FaultUpstream, tmp_path: Path
+) -> None:
+    key = "k" * 24
+    config = _config(fault.url) + f'\n[auth]\napi_keys = {{ ops = "{key}" }}\n'
+    async with gateway_serving(config, tmp_path) as gateway:
+        async with gateway.client.get("/jobs") as response:
+            assert response.status == 401
+        async with gateway.client.get("/jobs", headers={"Authorization": f"Bearer {key}"}) as r:
+            assert r.status == 200
+        samples = await _scrape(gateway)
+    route = (("method", "GET"), ("route", "/jobs"))
+    assert samples[("fanout_http_requests_total", (*route, ("status", "401")))] == 1
+    assert samples[("fanout_http_requests_total", (*route, ("status", "200")))] == 1
+    # Both are timed, the refused one included (the metrics hook runs before auth).
+    assert samples[("fanout_http_request_seconds_count", route)] == 2
+    assert samples[("fanout_http_requests_in_flight", ())] == 1  # the scrape only
