@@ -47,6 +47,16 @@ class RegistryClosed(RuntimeError):
     """The registry is shutting down and accepts no more jobs."""
 
 
+class IdempotencyConflict(ValueError):
+    """An idempotency key already names a job started by a different request."""
+
+    def __init__(self, existing: JobRecord) -> None:
+        super().__init__(
+            f"the Idempotency-Key was used for job {existing.id}, started by a different request"
+        )
+        self.existing = existing
+
+
 class JobFailure(Exception):
     """Raised by a job to fail with these problem details."""
 
@@ -65,6 +75,11 @@ class JobContext:
         self._registry = registry
         self._record = record
         self._last_write = 0.0
+        #: One progress write at a time, so they land in the order reported.
+        self._writing = asyncio.Lock()
+        #: The newest progress reported and not written yet.
+        self._wanted: Progress | None = None
+        self._store_down = False
 
     @property
     def job_id(self) -> str:
@@ -88,8 +103,28 @@ class JobContext:
         if not last and now - self._last_write < self.PROGRESS_INTERVAL:
             return
         self._last_write = now
-        updated = model.report_progress(self._record, Progress(done, total, message))
-        self._record = await self._registry.write(updated, expected=JobStatus.RUNNING)
+        self._wanted = Progress(done, total, message)
+        # Concurrent writes (a pool of items reporting) could land out of order
+        # and leave the record behind the job: one at a time, each carrying the
+        # newest progress, so what is stored only ever moves forward.
+        async with self._writing:
+            wanted, self._wanted = self._wanted, None
+            if wanted is None:
+                return  # the write before this one carried it
+            updated = model.report_progress(self._record, wanted)
+            try:
+                self._record = await self._registry.write(updated, expected=JobStatus.RUNNING)
+            except StoreUnavailable as exc:
+                # Best effort: the job goes on, and the next write (or the
+                # final one) carries this progress.
+                self._record = updated
+                if not self._store_down:
+                    logger.warning("job %s: progress not stored (%s)", self.job_id, exc)
+                self._store_down = True
+            else:
+                if self._store_down:
+                    logger.info("job %s: progress stored again", self.job_id)
+                self._store_down = False
 
 
 JobBody = Callable[[JobContext], Awaitable[StoredResponse]]
@@ -134,7 +169,11 @@ class JobRegistry:
         self._stop_reasons: dict[str, str] = {}
         self._changed = asyncio.Condition()
         self._accepting = True
+        self._closed = False
         self._starting = 0
+        #: Set while no submit is between its checks and its task (storing the job).
+        self._no_starts = asyncio.Event()
+        self._no_starts.set()
         self._maintenance: asyncio.Task[None] | None = None
         #: Until when the last successful renewal holds this worker's jobs.
         self._renewed_until = 0.0
@@ -150,9 +189,20 @@ class JobRegistry:
     async def close(self, grace_seconds: float) -> None:
         """Stop accepting; let running jobs finish within the grace, then interrupt the rest."""
         self._accepting = False
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace_seconds
+        # A submit already storing its job gets its task made (and the grace)
+        # rather than starting it behind our back once we are done.
+        try:
+            async with asyncio.timeout(grace_seconds):
+                await self._no_starts.wait()
+        except TimeoutError:
+            logger.warning("jobs still being stored at shutdown; they will be interrupted")
+        # From here no task is launched: a submit still storing abandons its job.
+        self._closed = True
         tasks = list(self._tasks.values())
         if tasks:
-            _, unfinished = await asyncio.wait(tasks, timeout=grace_seconds)
+            _, unfinished = await asyncio.wait(tasks, timeout=max(0.0, deadline - loop.time()))
             for job_id, task in list(self._tasks.items()):
                 if task in unfinished:
                     self._stop_reasons.setdefault(job_id, "shutdown")
@@ -184,11 +234,21 @@ class JobRegistry:
         idempotency_key: str | None = None,
         time_limit: float | None = None,
     ) -> JobRecord:
-        """Store a new job and start it; return its record (or the idempotent original)."""
+        """Store a new job and start it; return its record (or the idempotent original).
+
+        Raise RegistryClosed while shutting down, QueueFull past the bounds, and
+        IdempotencyConflict for a key that names a job of a different request.
+        """
         if not self._accepting:
             raise RegistryClosed("the worker is shutting down")
         if len(self._tasks) + self._starting >= self.limits.max_running + self.limits.max_pending:
-            raise QueueFull(retry_after=max(1, round(self.limits.poll_seconds * 4)))
+            # A repeated start is no new work: it gets its job even when full.
+            existing = None
+            if idempotency_key is not None:
+                existing = await self.store.find_by_key(owner, idempotency_key)
+            if existing is None:
+                raise QueueFull(retry_after=max(1, round(self.limits.poll_seconds * 4)))
+            return _same_request(existing, kind, params)
         now = self._clock()
         record = JobRecord(
             id=model.new_job_id(),
@@ -205,12 +265,31 @@ class JobRegistry:
         # Saved before anyone is told of it: a store failure starts nothing.
         # Counted meanwhile, so concurrent starts cannot pass the bound together.
         self._starting += 1
+        self._no_starts.clear()
         try:
             stored = await self.store.create(record)
+            if stored.id != record.id:
+                return _same_request(stored, kind, params)  # the key was used before
+            if self._closed:
+                # close() gave up waiting for this store call: start nothing.
+                await self._abandon(stored)
+                raise RegistryClosed("the worker is shutting down")
+            return self._launch(stored, body)
         finally:
             self._starting -= 1
-        if stored.id != record.id:
-            return stored  # the same Idempotency-Key was used before
+            if not self._starting:
+                self._no_starts.set()
+
+    async def _abandon(self, record: JobRecord) -> None:
+        reason = "The worker stopped before the job started."
+        final = model.interrupt(record, reason, now=self._clock(), ttl=self.limits.result_ttl)
+        try:
+            await self.store.replace(final, expected=record.status)
+        except (StaleRecord, StoreUnavailable):
+            logger.warning("job %s was never started; its lease will lapse", record.id)
+
+    def _launch(self, stored: JobRecord, body: JobBody) -> JobRecord:
+        kind = stored.kind
         if self._observer is not None:
             self._observer.observe_job(kind, None, JobStatus.PENDING)
         task = asyncio.get_running_loop().create_task(
@@ -245,6 +324,13 @@ class JobRegistry:
                 try:
                     async with asyncio.timeout(record.timeout):
                         result = await body(context)
+                except ExceptionGroup as group:
+                    # A body's TaskGroup wraps what its tasks raised: judge the
+                    # job by what is inside, as if it had been raised alone.
+                    inner = _unwrap(group)
+                    if inner is group:
+                        raise
+                    raise inner from group
                 finally:
                     record = context.record  # the latest version, progress included
             await self._finish(record, result)
@@ -284,16 +370,43 @@ class JobRegistry:
             await self._failed(record, _problem_of(result))
             return
         now, ttl = self._clock(), self.limits.result_ttl
-        await self.write(model.succeed(record, result, now=now, ttl=ttl), expected=record.status)
+        await self._write_final(record, model.succeed(record, result, now=now, ttl=ttl))
 
     async def _failed(self, record: JobRecord, problem: dict[str, Any]) -> None:
         try:
-            await self.write(
-                model.fail(record, problem, now=self._clock(), ttl=self.limits.result_ttl),
-                expected=record.status,
-            )
-        except (StaleRecord, model.InvalidTransition, StoreUnavailable):
+            final = model.fail(record, problem, now=self._clock(), ttl=self.limits.result_ttl)
+            await self._write_final(record, final)
+        except (StaleRecord, model.InvalidTransition):
             logger.warning("job %s failed, and its failure could not be recorded", record.id)
+
+    async def _write_final(self, record: JobRecord, final: JobRecord) -> None:
+        """Store a job's outcome; while the store is down, retry as long as the lease holds.
+
+        Until the lease lapses no other worker touches the job, so a write that
+        lands by then is as good as the first try; past it, the job is left to
+        be marked interrupted (its outcome is logged as lost).
+        """
+        delay = 0.05
+        while True:
+            try:
+                await self.write(final, expected=record.status)
+                return
+            except StoreUnavailable as exc:
+                lease_ends = max(record.lease_until or 0.0, self._renewed_until)
+                if self._clock() + delay >= lease_ends:
+                    logger.error(
+                        "job %s %s, but the store stayed unavailable for its whole lease; "
+                        "its outcome is lost (%s)",
+                        record.id,
+                        final.status,
+                        exc,
+                    )
+                    return
+                logger.warning(
+                    "job %s: outcome not stored (%s); retrying in %.2f s", record.id, exc, delay
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
 
     async def _stopped(self, record: JobRecord) -> None:
         reason = self._stop_reasons.get(record.id, "shutdown")
@@ -306,7 +419,10 @@ class JobRegistry:
                     record, "The worker stopped before the job finished.", now=now, ttl=ttl
                 )
             await self.write(final, expected=record.status)
-        except (StaleRecord, model.InvalidTransition, StoreUnavailable):
+        except StaleRecord:
+            # Finished elsewhere already (interrupted, taken over, or deleted).
+            logger.info("job %s stopped (%s); its record had moved on", record.id, reason)
+        except (model.InvalidTransition, StoreUnavailable):
             logger.warning(
                 "job %s stopped (%s); its state could not be recorded", record.id, reason
             )
@@ -327,16 +443,36 @@ class JobRegistry:
     # Cancelling and watching
 
     async def cancel(self, record: JobRecord) -> JobRecord:
-        """Ask a pending or running job to stop, wherever it runs; return its latest record."""
-        await self.store.request_cancel(record.id)
+        """Ask a pending or running job to stop, wherever it runs; return its latest record.
+
+        The record returned is final once the job has stopped. It may still be
+        pending or running (the cancel asked for) when its worker has not acted
+        within a few polls: that worker is busy, or dead with its lease not yet
+        lapsed; once the lease lapses, whoever finds the job records it cancelled.
+        """
+        flagged = await self.store.request_cancel(record.id) or record
         task = self._tasks.get(record.id)
         if task is not None:
             self._stop_reasons[record.id] = "cancel"
             task.cancel()
+        elif not flagged.status.final and await self._cancel_lapsed(flagged):
+            return await self.store.get(record.id) or flagged
         async for latest in self.watch(record.id, seconds=3 * self.limits.poll_seconds + 1):
             if latest.status.final:
                 return latest
-        return await self.store.get(record.id) or record
+        current = await self.store.get(record.id)
+        if current is not None and not current.status.final and record.id not in self._tasks:
+            await self._cancel_lapsed(current)
+            current = await self.store.get(record.id)
+        return current or flagged
+
+    async def _cancel_lapsed(self, record: JobRecord) -> bool:
+        # No worker will act on the cancel flag of a job whose worker is gone.
+        now = self._clock()
+        cutoff = now - self.limits.lease_seconds
+        if record.lease_until is None or record.lease_until >= cutoff:
+            return False
+        return await self._take_over(record, now=now, cutoff=cutoff) is not None
 
     async def watch(self, job_id: str, *, seconds: float) -> AsyncIterator[JobRecord]:
         """Yield the job's record now and after each change, until final or ``seconds`` pass."""
@@ -436,3 +572,29 @@ def _problem_of(result: StoredResponse) -> dict[str, Any]:
     if isinstance(problem, dict) and "status" in problem:
         return problem
     return {"type": "about:blank", "title": "Job Failed", "status": result.status}
+
+
+def _same_request(existing: JobRecord, kind: str, params: Any) -> JobRecord:
+    # An Idempotency-Key names one request: reusing it for another is the
+    # client's mistake, never a reason to hand back an unrelated job.
+    if existing.kind != kind or existing.params != params:
+        raise IdempotencyConflict(existing)
+    return existing
+
+
+def _unwrap(group: ExceptionGroup[Exception]) -> Exception:
+    """What a job whose tasks raised ``group`` raised, in effect."""
+    stale = group.subgroup(StaleRecord)
+    if stale is not None:
+        # The record moved on (cancelled, interrupted, deleted elsewhere): any
+        # write now would be stale too, whatever else the tasks raised.
+        return _first(stale)
+    failures, rest = group.split(JobFailure)
+    if failures is not None and rest is None:
+        return _first(failures)
+    return group
+
+
+def _first(group: BaseExceptionGroup[Exception]) -> Exception:
+    first = group.exceptions[0]
+    return _first(first) if isinstance(first, BaseExceptionGroup) else first
