@@ -173,7 +173,9 @@ class _BackendCall:
         key = (upstream, path)
         ttl = self._endpoint.cache_ttl
         if ttl > 0:
-            cached = self._pool.cache.get(key)
+            # Shared with other endpoints asking for the same URL, but never
+            # older than this endpoint's own cache_ttl.
+            cached = self._pool.cache.get(key, max_age=ttl)
             if cached is not None:
                 return cached
         # Identical GETs in flight at once share one upstream call; each

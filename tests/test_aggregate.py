@@ -222,6 +222,27 @@ cache_ttl = 60
   path = "/cache?max_age=60"
 
 [[endpoints]]
+path = "/cached-long"
+cache_ttl = 60
+  [[endpoints.backends]]
+  upstream = "fault"
+  path = "/cache?max_age=600&shared=1"
+
+[[endpoints]]
+path = "/cached-short"
+cache_ttl = 1
+  [[endpoints.backends]]
+  upstream = "fault"
+  path = "/cache?max_age=600&shared=1"
+
+[[endpoints]]
+path = "/cached-briefly"
+cache_ttl = 60
+  [[endpoints.backends]]
+  upstream = "fault"
+  path = "/cache?max_age=1"
+
+[[endpoints]]
 path = "/uncacheable"
 cache_ttl = 60
   [[endpoints.backends]]
@@ -429,6 +450,32 @@ async def test_cache_honours_the_upstream_cache_control(
     for _ in range(3):
         await _get(gateway, "/uncacheable")
     assert fault.hits["/cache"] == 4  # no-store: every request went upstream
+
+
+async def test_each_endpoint_honours_its_own_cache_ttl(
+    gateway: Gateway, fault: FaultUpstream
+) -> None:
+    # Both endpoints ask for one URL (the upstream allows 600 s): /cached-long
+    # keeps it 60 s, /cached-short 1 s.
+    assert (await _get(gateway, "/cached-long"))[2] == {"n": 1}
+    assert (await _get(gateway, "/cached-short"))[2] == {"n": 1}  # one answer, shared
+    assert fault.hits["/cache"] == 1
+    await asyncio.sleep(1.1)
+    # Older than /cached-short's ttl, though /cached-long stored it for 60 s.
+    assert (await _get(gateway, "/cached-short"))[2] == {"n": 2}
+    assert (await _get(gateway, "/cached-long"))[2] == {"n": 2}  # the fresher answer
+    assert fault.hits["/cache"] == 2
+
+
+async def test_an_upstream_max_age_shorter_than_cache_ttl_shortens_it(
+    gateway: Gateway, fault: FaultUpstream
+) -> None:
+    # cache_ttl = 60, max-age = 1.
+    assert (await _get(gateway, "/cached-briefly"))[2] == {"n": 1}
+    assert (await _get(gateway, "/cached-briefly"))[2] == {"n": 1}
+    await asyncio.sleep(1.1)
+    assert (await _get(gateway, "/cached-briefly"))[2] == {"n": 2}
+    assert fault.hits["/cache"] == 2
 
 
 async def test_at_most_max_connections_calls_run_at_once_per_upstream(

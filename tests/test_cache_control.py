@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from clients.cache import ResponseCache
 from core.cache_control import response_ttl
 
 
@@ -90,3 +91,44 @@ def test_garbage_s_maxage_falls_back_to_max_age() -> None:
 def test_comma_inside_quotes_does_not_split() -> None:
     assert response_ttl('community="a, no-store", max-age=10', 60) == 10.0
     assert response_ttl(r'ext="a \" , no-store", max-age=10', 60) == 10.0
+
+
+class FakeClock:
+    """A clock that moves only when told to."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_cache_entries_expire_after_their_ttl() -> None:
+    clock = FakeClock()
+    cache: ResponseCache[str] = ResponseCache(clock=clock)
+    cache.put("k", "v", 10.0)
+    cache.put("never", "v", 0.0)
+    assert cache.get("k") == "v" and cache.get("never") is None
+    clock.now += 10.0
+    assert cache.get("k") is None and len(cache) == 0
+
+
+def test_each_reader_gets_entries_no_older_than_its_max_age() -> None:
+    clock = FakeClock()
+    cache: ResponseCache[str] = ResponseCache(clock=clock)
+    cache.put("k", "v", 60.0)  # stored by a reader allowing 60 s
+    clock.now += 4.9
+    assert cache.get("k", max_age=5.0) == "v"
+    clock.now += 0.1
+    assert cache.get("k", max_age=5.0) is None  # too old for a 5 s reader...
+    assert cache.get("k", max_age=60.0) == "v"  # ...not for the one that stored it
+    assert cache.get("k") == "v"
+
+
+def test_the_least_recently_used_entry_goes_first() -> None:
+    cache: ResponseCache[int] = ResponseCache(max_entries=2, clock=FakeClock())
+    cache.put("a", 1, 10.0)
+    cache.put("b", 2, 10.0)
+    assert cache.get("a") == 1
+    cache.put("c", 3, 10.0)
+    assert cache.get("b") is None and cache.get("a") == 1 and cache.get("c") == 3
