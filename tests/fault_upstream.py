@@ -9,6 +9,7 @@ Routes (all GET unless said):
   /trickle                a JSON body at 1 byte per second
   /invalid-json           Content-Type JSON, body not JSON
   /html-error             500 with an HTML error page
+  /html-ok                200 with an HTML page (a login wall, a captive portal)
   /huge?mb=N              N MiB of JSON-ish bytes (default 20)
   /bomb                   a small gzip body that inflates to 200 MiB
   /loop                   302 to itself, forever
@@ -150,6 +151,13 @@ async def html_error(request: web.Request) -> web.Response:
     )
 
 
+async def html_ok(request: web.Request) -> web.Response:
+    """GET /html-ok."""
+    return web.Response(
+        text="<html><body><h1>Please sign in</h1></body></html>", content_type="text/html"
+    )
+
+
 async def huge(request: web.Request) -> web.StreamResponse:
     """GET /huge?mb=N."""
     megabytes = int(request.query.get("mb", "20"))
@@ -261,6 +269,7 @@ def _build(state: FaultUpstream) -> web.Application:
         ("/trickle", trickle),
         ("/invalid-json", invalid_json),
         ("/html-error", html_error),
+        ("/html-ok", html_ok),
         ("/huge", huge),
         ("/bomb", bomb),
         ("/loop", loop),

@@ -6,6 +6,7 @@ import asyncio
 import time
 import tracemalloc
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,20 +15,42 @@ import pytest
 from tests.fault_upstream import FaultUpstream
 from tests.gateway_serving import Gateway, gateway_serving
 
-#: Each fault: the backend path, and what the endpoint answers when that
-#: backend is required (status, title of the backend's _errors entry).
-FAULTS: dict[str, tuple[str, int, str]] = {
-    "never": ("/never", 504, "Gateway Timeout"),
-    "reset": ("/reset", 502, "Bad Gateway"),
-    "trickle": ("/trickle", 504, "Gateway Timeout"),
-    "invalid_json": ("/invalid-json", 502, "Bad Gateway"),
-    "html_error": ("/html-error", 502, "Upstream Error Status"),
-    "huge": ("/huge?mb=20", 502, "Bad Gateway"),
-    "bomb": ("/bomb", 502, "Bad Gateway"),
-    "redirect_loop": ("/loop", 502, "Bad Gateway"),
-    "redirect_away": ("/redirect?to=http://192.0.2.1/x", 502, "Blocked Destination"),
-    "storm": ("/storm", 502, "Upstream Error Status"),
+
+@dataclass(frozen=True)
+class Fault:
+    """A fault of the "fault" upstream, and what the gateway reports for its backend."""
+
+    path: str
+    status: int  # the backend's _errors entry (and the endpoint's, when required)
+    title: str
+    detail: str  # how the entry's detail starts: names the cause, not just the status
+
+
+#: Every fault of the issue. The fault upstream has timeout 0.5 s, one retry,
+#: a 1 MiB body cap and follows 3 redirects; the endpoints' deadline is 1.5 s.
+FAULTS: dict[str, Fault] = {
+    "delay": Fault("/json?ms=2000", 504, "Gateway Timeout", "fault did not answer within 0.5s"),
+    "never": Fault("/never", 504, "Gateway Timeout", "fault did not answer within 0.5s"),
+    "reset": Fault("/reset", 502, "Bad Gateway", "fault is unavailable: Response payload is not"),
+    "trickle": Fault("/trickle", 504, "Gateway Timeout", "fault did not answer within 0.5s"),
+    "invalid_json": Fault("/invalid-json", 502, "Bad Gateway", "invalid JSON from fault"),
+    "html_error": Fault("/html-error", 502, "Upstream Error Status", "fault answered HTTP 500"),
+    "html_ok": Fault("/html-ok", 502, "Bad Gateway", "invalid JSON from fault"),
+    "huge": Fault("/huge?mb=20", 502, "Bad Gateway", "fault answered more than 1048576 bytes"),
+    "bomb": Fault("/bomb", 502, "Bad Gateway", "fault answered more than 1048576 bytes"),
+    "redirect_loop": Fault("/loop", 502, "Bad Gateway", "fault: more than 3 redirects"),
+    "redirect_away": Fault(
+        "/redirect?to=http://192.0.2.1/x",
+        502,
+        "Blocked Destination",
+        "fault: redirect to another origin refused (http://192.0.2.1)",
+    ),
+    "storm": Fault("/storm", 502, "Upstream Error Status", "fault answered HTTP 503"),
 }
+
+#: The endpoints' deadline, and the slack a loaded machine gets past it.
+FAULT_DEADLINE = 1.5
+SLACK = 3.0
 
 
 _CAPPED_BACKENDS = "".join(
@@ -43,14 +66,14 @@ _CAPPED_BACKENDS = "".join(
 
 def _config(upstream_url: str) -> str:
     endpoints = []
-    for name, (path, _, _) in FAULTS.items():
+    for name, fault in FAULTS.items():
         for required in ("true", "false"):
             prefix = "required" if required == "true" else "optional"
             endpoints.append(
                 f"""
 [[endpoints]]
 path = "/{prefix}/{name}"
-timeout = 1.5
+timeout = {FAULT_DEADLINE}
   [[endpoints.backends]]
   upstream = "healthy"
   path = "/users/1"
@@ -58,7 +81,7 @@ timeout = 1.5
   required = true
   [[endpoints.backends]]
   upstream = "fault"
-  path = "{path}"
+  path = "{fault.path}"
   group = "bad"
   required = {required}
 """
@@ -297,7 +320,7 @@ async def test_three_300ms_backends_are_called_at_once(
 async def test_each_fault_fails_an_optional_backend_and_keeps_the_rest(
     gateway: Gateway, name: str
 ) -> None:
-    _, expected_status, expected_title = FAULTS[name]
+    fault = FAULTS[name]
     started = time.monotonic()
     status, headers, body = await _get(gateway, f"/optional/{name}")
     elapsed = time.monotonic() - started
@@ -305,26 +328,32 @@ async def test_each_fault_fails_an_optional_backend_and_keeps_the_rest(
     assert headers["X-Fanout-Completed"] == "false"
     assert body["user"]["id"] == "1"  # the healthy backend's data is intact
     error = body["_errors"]["bad"]
-    assert (error["status"], error["title"]) == (expected_status, expected_title), error
-    # Bounded by the endpoint's 1.5 s deadline ("never" would hang until the
-    # test's timeout); the slack is for a loaded machine, not a speed claim.
-    assert elapsed < 1.5 + 3.0, elapsed
+    assert (error["status"], error["title"]) == (fault.status, fault.title), error
+    assert error["detail"].startswith(fault.detail), error
+    # Bounded by the endpoint's deadline ("never" would hang until the test's
+    # timeout); the slack is for a loaded machine, not a speed claim.
+    assert elapsed < FAULT_DEADLINE + SLACK, elapsed
 
 
 @pytest.mark.parametrize("name", list(FAULTS))
 async def test_each_fault_of_a_required_backend_fails_the_endpoint(
     gateway: Gateway, name: str
 ) -> None:
-    _, expected_status, _ = FAULTS[name]
+    fault = FAULTS[name]
+    started = time.monotonic()
     status, headers, body = await _get(gateway, f"/required/{name}")
-    endpoint_status = 504 if expected_status == 504 else 502
+    elapsed = time.monotonic() - started
+    endpoint_status = 504 if fault.status == 504 else 502
     assert status == endpoint_status, body
     assert headers["Content-Type"] == "application/problem+json"
     assert headers["X-Fanout-Completed"] == "false"
     assert body["status"] == endpoint_status
     assert body["detail"] == "required backend failed: bad"
-    assert body["errors"]["bad"]["status"] == expected_status
+    error = body["errors"]["bad"]
+    assert (error["status"], error["title"]) == (fault.status, fault.title), error
+    assert error["detail"].startswith(fault.detail), error
     assert "Traceback" not in str(body) and "<html>" not in str(body)
+    assert elapsed < FAULT_DEADLINE + SLACK, elapsed
 
 
 async def test_every_backend_timing_out_is_a_504(gateway: Gateway) -> None:
