@@ -17,7 +17,7 @@ from bridge import iterate_async
 from errors import problem_response
 from jobs.kinds import InvalidParams
 from jobs.model import JobRecord, JobStatus, StoredResponse, is_job_id
-from jobs.registry import JobBody, JobContext, QueueFull, RegistryClosed
+from jobs.registry import IdempotencyConflict, JobBody, JobContext, QueueFull, RegistryClosed
 from jobs.store import InvalidCursor, StoreUnavailable
 from resources import job_kinds, job_registry
 
@@ -96,6 +96,14 @@ async def start_job(
         return problem_response(
             503, detail=f"Jobs cannot be started now: {exc}", headers={"Retry-After": "5"}
         )
+    except IdempotencyConflict:
+        # As the IETF Idempotency-Key draft asks: a key reused with another
+        # request is refused, and the other request's job is not disclosed.
+        return problem_response(
+            422,
+            title="Idempotency-Key Reused",
+            detail="This Idempotency-Key was already used for a different request.",
+        )
     response = _resource_response(record, status=202)
     response.headers["Location"] = f"/jobs/{record.id}"
     response.headers["Retry-After"] = RETRY_AFTER
@@ -136,7 +144,9 @@ def background_view(
                     response.status_code, tuple(response.headers.items()), response.get_data()
                 )
 
-        return await start_job(f"view:{request.endpoint}", run)
+        # The request as params: a key reused for another path is told apart.
+        params = {"method": request.method, "path": request.full_path.rstrip("?")}
+        return await start_job(f"view:{request.endpoint}", run, params=params)
 
     return start_view
 
@@ -230,7 +240,11 @@ async def events(job_id: str) -> Response:
 
 @blueprint.post("/jobs/<job_id>/cancel")
 async def cancel(job_id: str) -> Response:
-    """Cancel a pending or running job (409 once finished); answer its resource."""
+    """Cancel a pending or running job (409 once finished); answer its resource.
+
+    200 once it has stopped; 202 while the cancel is asked but not yet done
+    (its worker has not acted yet, or died and its lease has not lapsed).
+    """
     record = await _visible_job(job_id)
     if record.status.final:
         return problem_response(
@@ -238,7 +252,12 @@ async def cancel(job_id: str) -> Response:
             detail=f"Job {job_id} is already {record.status}.",
             status_of_job=str(record.status),
         )
-    return _resource_response(await job_registry().cancel(record))
+    latest = await job_registry().cancel(record)
+    if not latest.status.final:
+        response = _resource_response(latest, status=202)
+        response.headers["Location"] = f"/jobs/{latest.id}"
+        return response
+    return _resource_response(latest)
 
 
 @blueprint.delete("/jobs/<job_id>")

@@ -5,12 +5,19 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import logging
+import sqlite3
+import time
 from collections.abc import AsyncIterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from jobs import model
+from jobs.model import JobRecord, JobStatus, new_job_id
+from resources import job_registry
 from tests.fault_upstream import FaultUpstream
 from tests.gateway_serving import Gateway, gateway_serving
 
@@ -350,3 +357,159 @@ async def test_shutdown_interrupts_jobs_still_running_after_the_grace(
         _, _, quick_after = await _json(gw, "GET", f"/jobs/{quick['id']}")
     assert slow_after["status"] == "interrupted"
     assert quick_after["status"] == "succeeded"  # finished within the grace
+
+
+async def _until(condition: Any, polls: int = 1000) -> None:
+    # Polls: generous budgets, the machine is shared.
+    for _ in range(polls):
+        if condition():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("the condition never held")
+
+
+async def test_a_batch_never_runs_more_calls_than_its_concurrency(
+    gateway: Gateway, fault: FaultUpstream
+) -> None:
+    _, _, job = await _json(
+        gateway,
+        "POST",
+        "/jobs/batch",
+        json=_batch(list(range(12)), "/json?ms=200&i={item}", concurrency=3),
+    )
+    final = await _wait_final(gateway, job["id"])
+    assert final["status"] == "succeeded" and fault.hits["/json"] == 12
+    # The upstream saw the concurrency asked for, and never more.
+    assert fault.peak_in_flight == 3
+
+
+async def test_a_batch_whose_record_moved_on_stops_without_a_failure(
+    fault: FaultUpstream, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="jobs.registry")
+    # A slow maintenance loop: the job learns of the change from its own
+    # progress write (a StaleRecord inside the batch's TaskGroup), not from a poll.
+    async with gateway_serving(_config(fault.url), tmp_path, {"JOB_POLL_SECONDS": 30.0}) as gw:
+        _, _, job = await _json(
+            gw,
+            "POST",
+            "/jobs/batch",
+            json=_batch(list(range(4)), "/json?ms=300&i={item}", concurrency=1),
+        )
+        await _until(lambda: fault.hits["/json"] >= 1)
+        registry = job_registry(gw.app)
+        running = await registry.store.get(job["id"])
+        assert running is not None and running.status is JobStatus.RUNNING
+        # As another worker does once it judges the lease lapsed:
+        await registry.store.replace(
+            model.interrupt(running, "taken over", now=time.time(), ttl=60),
+            expected=JobStatus.RUNNING,
+        )
+        await asyncio.wait_for(registry.drained(), timeout=10)
+        _, _, seen = await _json(gw, "GET", f"/jobs/{job['id']}")
+    assert seen["status"] == "interrupted"
+    assert fault.hits["/json"] < 4  # the rest of the batch was not called
+    complaints = [
+        r for r in caplog.records if r.name == "jobs.registry" and r.levelno >= logging.WARNING
+    ]
+    assert complaints == []  # no traceback, no failing write attempted
+    assert any("changed elsewhere" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_start_while_shutting_down_is_503(gateway: Gateway, fault: FaultUpstream) -> None:
+    _, _, running = await _json(gateway, "POST", "/jobs/batch", json=_batch([1], "/never?i={item}"))
+    registry = job_registry(gateway.app)
+    closing_down = asyncio.create_task(registry.close(30))
+    await asyncio.sleep(0)  # close() has begun: it waits for the running job
+    status, headers, problem = await _json(gateway, "POST", "/jobs/batch", json=_batch([2]))
+    assert status == 503 and int(headers["Retry-After"]) >= 1
+    assert problem["status"] == 503 and "shutting down" in problem["detail"]
+    assert not closing_down.done()
+    await _json(gateway, "POST", f"/jobs/{running['id']}/cancel")
+    await closing_down
+    assert fault.hits["/json"] == 0  # the refused job never ran
+
+
+async def test_a_repeated_start_on_a_full_worker_answers_its_job(
+    fault: FaultUpstream, tmp_path: Path
+) -> None:
+    async with gateway_serving(_config(fault.url, max_running=1, max_pending=0), tmp_path) as gw:
+        never, key = _batch([1], "/never?i={item}"), {"Idempotency-Key": "nightly-1"}
+        status, _, first = await _json(gw, "POST", "/jobs/batch", json=never, headers=key)
+        assert status == 202
+        assert (await _json(gw, "POST", "/jobs/batch", json=never))[0] == 503
+        status, headers, again = await _json(gw, "POST", "/jobs/batch", json=never, headers=key)
+        assert status == 202 and again["id"] == first["id"]
+        assert headers["Location"] == f"/jobs/{first['id']}"
+
+
+async def test_an_idempotency_key_reused_for_another_request_is_422(gateway: Gateway) -> None:
+    key = {"Idempotency-Key": "order-78"}
+    _, _, first = await _json(gateway, "POST", "/jobs/batch", json=_batch([1]), headers=key)
+    # Another kind of job (an aggregate endpoint run as a job) under the same key:
+    status, headers, problem = await _json(
+        gateway, "GET", "/profile/4", headers={**key, "Prefer": "respond-async"}
+    )
+    assert status == 422 and headers["Content-Type"] == "application/problem+json"
+    assert problem["status"] == 422 and first["id"] not in json.dumps(problem)
+    # The same kind with other parameters:
+    status, _, _ = await _json(gateway, "POST", "/jobs/batch", json=_batch([2]), headers=key)
+    assert status == 422
+    _, _, listing = await _json(gateway, "GET", "/jobs")
+    assert [j["id"] for j in listing["jobs"]] == [first["id"]]
+
+
+def _orphan(lease_in: float) -> JobRecord:
+    # A pending job of a worker that died before running it.
+    now = time.time()
+    return JobRecord(
+        id=new_job_id(),
+        kind="batch",
+        owner=None,
+        status=JobStatus.PENDING,
+        created_at=now,
+        worker="dead-worker",
+        lease_until=now + lease_in,
+        timeout=30.0,
+    )
+
+
+async def test_cancel_of_a_dead_workers_pending_job_cancels_it(
+    fault: FaultUpstream, tmp_path: Path
+) -> None:
+    # A slow maintenance loop, so that it is the cancel, not a poll, that acts.
+    async with gateway_serving(_config(fault.url), tmp_path, {"JOB_POLL_SECONDS": 30.0}) as gw:
+        orphan = await job_registry(gw.app).store.create(_orphan(lease_in=-60))
+        status, _, job = await _json(gw, "POST", f"/jobs/{orphan.id}/cancel")
+        assert status == 200 and job["status"] == "cancelled"
+        assert (await _json(gw, "GET", f"/jobs/{orphan.id}"))[2]["status"] == "cancelled"
+
+
+async def test_cancel_not_yet_effective_answers_202(gateway: Gateway) -> None:
+    # Its worker died a moment ago: its lease still holds, nobody can act yet.
+    orphan = await job_registry(gateway.app).store.create(_orphan(lease_in=60))
+    status, headers, job = await _json(gateway, "POST", f"/jobs/{orphan.id}/cancel")
+    assert status == 202 and job["status"] == "pending"
+    assert headers["Location"] == f"/jobs/{orphan.id}" and headers["Retry-After"] == "1"
+    stored = await job_registry(gateway.app).store.get(orphan.id)
+    assert stored is not None and stored.cancel_requested
+
+
+async def test_a_locked_sqlite_store_answers_503_and_starts_nothing(
+    fault: FaultUpstream, tmp_path: Path
+) -> None:
+    path = tmp_path / "jobs.db"
+    async with gateway_serving(
+        _config(fault.url), tmp_path, {"JOB_STORE": f"sqlite:///{path}"}
+    ) as gw:
+        with closing(sqlite3.connect(path, isolation_level=None)) as blocker:
+            # Another process holds the write lock past the store's busy timeout.
+            blocker.execute("BEGIN IMMEDIATE")
+            status, headers, problem = await _json(gw, "POST", "/jobs/batch", json=_batch([1]))
+            assert status == 503 and headers["Content-Type"] == "application/problem+json"
+            assert problem["status"] == 503 and int(headers["Retry-After"]) >= 1
+            blocker.execute("ROLLBACK")
+        _, _, listing = await _json(gw, "GET", "/jobs")
+        assert listing["jobs"] == []
+        await asyncio.sleep(0.3)
+        assert fault.hits["/json"] == 0
