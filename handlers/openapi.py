@@ -326,6 +326,9 @@ _RESPONSES: JSONObject = {
         _problem(),
         {"Retry-After": _ref("headers", "RetryAfter")},
     ),
+    "KeyReused": _response(
+        "The Idempotency-Key was already used for a different request.", _problem()
+    ),
 }
 
 
@@ -577,6 +580,7 @@ class _Builder:
                 + "; /jobs/{id}/result replays the answer."
             ),
             "400": _ref("responses", "BadRequest"),
+            "422": _ref("responses", "KeyReused"),
             "503": _ref("responses", "StartRefused"),
         }
         parameters: list[JSONObject] = [_ref("parameters", "IdempotencyKey")]
@@ -702,6 +706,7 @@ def _job_start(builder: _Builder, route: _Route, method: str) -> JSONObject:
             "400": _ref("responses", "BadRequest"),
             "404": _ref("responses", "NotFound"),
             "413": _ref("responses", "PayloadTooLarge"),
+            "422": _ref("responses", "KeyReused"),
             "503": _ref("responses", "StartRefused"),
         },
     }
@@ -777,6 +782,9 @@ def _job_cancel(builder: _Builder, route: _Route, method: str) -> JSONObject:
         "x-path-schemas": _JOB_ID,
         "responses": {
             "200": _job_response("The job as it is after the cancel.", location=False),
+            "202": _job_response(
+                "The cancel is asked, the job has not stopped yet: poll Location.", location=True
+            ),
             "409": _response("The job is already finished.", {PROBLEM_JSON: conflict}),
         },
     }
