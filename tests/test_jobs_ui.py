@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
-from playwright.async_api import Browser, async_playwright
+from playwright.async_api import Browser, Route, async_playwright
 
 from tests.fault_upstream import FaultUpstream
 from tests.gateway_serving import Gateway, gateway_serving
@@ -65,6 +67,8 @@ async def test_the_page_shows_live_progress_and_cancels(
     browser: Browser, gateway: Gateway, screenshot: Path
 ) -> None:
     page = await browser.new_page()
+    opened: list[str] = []  # paths the page requested
+    page.on("request", lambda request: opened.append(urlsplit(request.url).path))
     await page.goto(f"{gateway.url}/jobs/ui")
     assert await page.title() == "Fanout: jobs"
     batch = {
@@ -79,15 +83,21 @@ async def test_the_page_shows_live_progress_and_cancels(
         job = await response.json()
     row = page.locator(f'tr[data-id="{job["id"]}"]')
     await row.wait_for(timeout=10_000)  # the page's refresh picked it up
-    bar = row.locator("progress")
-    # The bar advances while the job runs (events, not reloads).
-    await page.wait_for_function(
-        "el => el.value >= 0.1", arg=await bar.element_handle(), timeout=15_000
-    )
-    first = float(await bar.get_attribute("value") or await bar.evaluate("el => el.value"))
-    await page.wait_for_function(
-        f"el => el.value > {first}", arg=await bar.element_handle(), timeout=15_000
-    )
+    # From now on every reload of the list fails: whatever the bar does next
+    # comes from the job's event stream, which the page opened for it.
+    blocked = asyncio.Event()
+
+    async def refuse(route: Route) -> None:
+        blocked.set()
+        await route.fulfill(status=503, json={"title": "blocked by the test"})
+
+    await page.route(lambda url: urlsplit(url).path == "/jobs", refuse)
+    await asyncio.wait_for(blocked.wait(), timeout=10)  # the page did try a reload
+    bar = await row.locator("progress").element_handle()
+    for _ in range(2):  # two advances, both after the list stopped answering
+        before = await bar.evaluate("el => el.value")
+        await page.wait_for_function(f"el => el.value > {before}", arg=bar, timeout=15_000)
+    assert opened.count(f"/jobs/{job['id']}/events") == 1  # one stream, never reopened
     await row.locator("button.cancel").click()
     await page.wait_for_function(
         "el => el.dataset.status === 'cancelled'", arg=await row.element_handle(), timeout=10_000
