@@ -227,9 +227,13 @@ class UpstreamClient:
                 self.breaker.record_failure()
                 raise
             except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-                # Only the upstream's own timeout counts against it, not a try cut
-                # short by the caller's deadline.
-                blame = not isinstance(exc, TimeoutError) or budget >= self.config.timeout
+                # Only the upstream's own timeouts count against it (connect_timeout
+                # always is one), not a try cut short by the caller's deadline.
+                blame = (
+                    not isinstance(exc, TimeoutError)
+                    or isinstance(exc, aiohttp.ConnectionTimeoutError)
+                    or budget >= self.config.timeout
+                )
                 raise self._failure(exc, seconds=budget, blame=blame) from exc
             finally:
                 self._slots.release()
@@ -248,6 +252,12 @@ class UpstreamClient:
                 return BlockedDestination(self.name, f"{self.name}: {blocked}")
         if blame:
             self.breaker.record_failure()
+        if isinstance(exc, aiohttp.ConnectionTimeoutError):
+            return UpstreamTimeout(
+                self.name,
+                f"{self.name} did not accept a connection within "
+                f"{self.config.connect_timeout:.3g}s",
+            )
         if isinstance(exc, TimeoutError):
             return UpstreamTimeout(self.name, f"{self.name} did not answer within {seconds:.3g}s")
         return UpstreamUnavailable(self.name, f"{self.name} is unavailable: {exc}")

@@ -14,6 +14,8 @@ import pytest
 
 from tests.fault_upstream import FaultUpstream
 from tests.gateway_serving import Gateway, gateway_serving
+from tests.test_safety import Listener, listening
+from tests.upstream import full_backlog_listener
 
 
 @dataclass(frozen=True)
@@ -31,7 +33,7 @@ class Fault:
 FAULTS: dict[str, Fault] = {
     "delay": Fault("/json?ms=2000", 504, "Gateway Timeout", "fault did not answer within 0.5s"),
     "never": Fault("/never", 504, "Gateway Timeout", "fault did not answer within 0.5s"),
-    "reset": Fault("/reset", 502, "Bad Gateway", "fault is unavailable: Response payload is not"),
+    "reset": Fault("/reset", 502, "Bad Gateway", "fault is unavailable: "),
     "trickle": Fault("/trickle", 504, "Gateway Timeout", "fault did not answer within 0.5s"),
     "invalid_json": Fault("/invalid-json", 502, "Bad Gateway", "invalid JSON from fault"),
     "html_error": Fault("/html-error", 502, "Upstream Error Status", "fault answered HTTP 500"),
@@ -115,6 +117,36 @@ internal = true
 timeout = 0.5
 retries = 2
 retry_budget = 1.0
+
+[upstreams.stormy]
+base_url = "{upstream_url}"
+internal = true
+timeout = 0.5
+retries = 10
+retry_budget = 1.0
+circuit_breaker = {{ failures = 1000, reset_after = 1.0 }}
+
+[[endpoints]]
+path = "/stormy"
+timeout = 1.0
+  [[endpoints.backends]]
+  upstream = "stormy"
+  path = "/storm"
+
+[upstreams.budgeted]
+base_url = "{upstream_url}"
+internal = true
+timeout = 0.5
+retries = 10
+retry_budget = 0.1
+circuit_breaker = {{ failures = 1000, reset_after = 1.0 }}
+
+[[endpoints]]
+path = "/budgeted/<n>"
+timeout = 3.0
+  [[endpoints.backends]]
+  upstream = "budgeted"
+  path = "/storm?n={{n}}"
 
 [upstreams.single]
 base_url = "{upstream_url}"
@@ -423,6 +455,31 @@ async def test_get_is_retried_and_post_never_is(gateway: Gateway, fault: FaultUp
     assert fault.hits["/flaky:p"] == 1
 
 
+async def test_a_503_storm_is_retried_only_within_the_deadline(
+    gateway: Gateway, fault: FaultUpstream
+) -> None:
+    # retries = 10; their backoff (up to 1 s each) would take about 3 s.
+    started = time.monotonic()
+    status, _, body = await _get(gateway, "/stormy")
+    elapsed = time.monotonic() - started
+    assert status == 502, body
+    assert body["errors"]["stormy"]["detail"] == "stormy answered HTTP 503"
+    assert 2 <= fault.hits["/storm"] <= 11  # retried, never past its retries
+    assert elapsed < 1.0 + 2.0, elapsed  # the 1 s deadline, and slack
+
+
+async def test_the_retry_budget_caps_retries_across_requests(
+    gateway: Gateway, fault: FaultUpstream
+) -> None:
+    # 20 requests (distinct URLs: no coalescing) to an upstream that always
+    # answers 503, each allowed 10 retries: about 9 tries each in 3 s without
+    # a budget. The budget allows 0.1 retries per request plus 3/s over its
+    # 10 s window: 0.1 * 20 + 30 = 32 retries in all.
+    results = await asyncio.gather(*(_get(gateway, f"/budgeted/{n}") for n in range(20)))
+    assert all(status == 502 for status, _, _ in results)
+    assert 20 <= fault.hits["/storm"] <= 20 + 32, fault.hits["/storm"]
+
+
 async def test_identical_concurrent_gets_make_one_upstream_call(
     gateway: Gateway, fault: FaultUpstream
 ) -> None:
@@ -525,3 +582,169 @@ async def test_waiting_for_a_connection_slot_is_not_an_upstream_failure(gateway:
     assert [status for status, _, _ in results] == [200] * 4
     status, _, _ = await _get(gateway, "/single/9")
     assert status == 200  # the circuit stayed closed
+
+
+# --- the gateway's own redirect following, and connect_timeout ---------------
+
+
+def _edge_config(upstream_url: str, listener_port: int, dark_port: int) -> str:
+    return f"""
+[upstreams.follower]
+base_url = "{upstream_url}"
+internal = true
+follow_redirects = 2
+
+[upstreams.nofollow]
+base_url = "{upstream_url}"
+internal = true
+
+[upstreams.direct]
+# The counting listener: on an internal host, so only the redirect check
+# stands between a redirect and a connection to it.
+base_url = "http://127.0.0.1:{listener_port}"
+internal = true
+
+[upstreams.dark]
+base_url = "http://127.0.0.1:{dark_port}"
+internal = true
+connect_timeout = 0.2
+timeout = 4.0
+circuit_breaker = {{ failures = 1000, reset_after = 30.0 }}
+
+[upstreams.dark_fragile]
+base_url = "http://127.0.0.1:{dark_port}"
+internal = true
+connect_timeout = 0.2
+timeout = 4.0
+circuit_breaker = {{ failures = 1, reset_after = 30.0 }}
+
+[[endpoints]]
+path = "/follow"
+  [[endpoints.backends]]
+  upstream = "follower"
+  path = "/redirect?to=/users/5"
+
+[[endpoints]]
+path = "/nofollow"
+  [[endpoints.backends]]
+  upstream = "nofollow"
+  path = "/redirect?to=/users/5"
+
+[[endpoints]]
+path = "/follow-loop"
+  [[endpoints.backends]]
+  upstream = "follower"
+  path = "/loop"
+
+[[endpoints]]
+path = "/follow-away"
+  [[endpoints.backends]]
+  upstream = "follower"
+  path = "/redirect?to=http://127.0.0.1:{listener_port}/x"
+
+[[endpoints]]
+path = "/direct"
+  [[endpoints.backends]]
+  upstream = "direct"
+  path = "/x"
+
+[[endpoints]]
+path = "/dark"
+timeout = 6.0
+  [[endpoints.backends]]
+  upstream = "dark"
+  path = "/x"
+
+[[endpoints]]
+path = "/dark-fragile"
+# Shorter than the upstream's timeout: every try is cut to this deadline.
+timeout = 1.0
+  [[endpoints.backends]]
+  upstream = "dark_fragile"
+  path = "/x"
+"""
+
+
+@dataclass
+class Edge:
+    """The gateway for the redirect and connect tests, and what they watch."""
+
+    gateway: Gateway
+    listener: Listener
+
+
+@pytest.fixture
+async def edge(fault: FaultUpstream, tmp_path: Path) -> AsyncIterator[Edge]:
+    """The gateway with redirect-following and unreachable upstreams."""
+    with full_backlog_listener() as dark_port:
+        async with listening() as listener:
+            config = _edge_config(fault.url, listener.port, dark_port)
+            async with gateway_serving(config, tmp_path) as served:
+                yield Edge(served, listener)
+
+
+async def test_a_same_origin_redirect_is_followed_when_configured(
+    edge: Edge, fault: FaultUpstream
+) -> None:
+    status, _, body = await _get(edge.gateway, "/follow")
+    assert status == 200, body
+    assert body["id"] == "5"
+    assert (fault.hits["/redirect"], fault.hits["/users/5"]) == (1, 1)
+
+
+async def test_redirects_are_not_followed_by_default(edge: Edge, fault: FaultUpstream) -> None:
+    status, _, body = await _get(edge.gateway, "/nofollow")
+    assert status == 502, body
+    error = body["errors"]["nofollow"]
+    assert (error["title"], error["detail"]) == (
+        "Upstream Error Status",
+        "nofollow answered HTTP 302",
+    )
+    assert (fault.hits["/redirect"], fault.hits["/users/5"]) == (1, 0)
+
+
+async def test_redirects_are_followed_only_as_far_as_configured(
+    edge: Edge, fault: FaultUpstream
+) -> None:
+    status, _, body = await _get(edge.gateway, "/follow-loop")
+    assert status == 502
+    assert body["errors"]["follower"]["detail"] == "follower: more than 2 redirects"
+    assert fault.hits["/loop"] == 3  # the first answer and two hops
+
+
+async def test_a_redirect_to_another_origin_is_refused_without_a_connection(
+    edge: Edge,
+) -> None:
+    status, _, body = await _get(edge.gateway, "/follow-away")
+    assert status == 502
+    error = body["errors"]["follower"]
+    assert error["title"] == "Blocked Destination"
+    assert "redirect to another origin refused" in error["detail"]
+    await asyncio.sleep(0.05)  # an accept in flight would land now
+    assert edge.listener.accepted == 0
+    # The listener does count: called directly, it is reached.
+    await _get(edge.gateway, "/direct")
+    assert edge.listener.accepted == 1
+
+
+async def test_a_connect_that_never_completes_ends_at_connect_timeout(edge: Edge) -> None:
+    # connect_timeout = 0.2 s, timeout = 4 s, the endpoint's deadline 6 s.
+    started = time.monotonic()
+    status, _, body = await _get(edge.gateway, "/dark")
+    elapsed = time.monotonic() - started
+    assert status == 504, body
+    assert body["errors"]["dark"]["detail"] == "dark did not accept a connection within 0.2s"
+    assert elapsed < 2.0, elapsed  # about connect_timeout (and slack), well short of 4 s
+
+
+async def test_a_connect_timeout_counts_against_the_upstream_under_any_deadline(
+    edge: Edge,
+) -> None:
+    # The endpoint's 1 s deadline cuts every try short of the upstream's 4 s
+    # timeout, yet the connect timed out on its own: the circuit (1 failure) opens.
+    status, _, body = await _get(edge.gateway, "/dark-fragile")
+    assert status == 504, body
+    status, _, body = await _get(edge.gateway, "/dark-fragile")
+    assert status == 502, body
+    error = body["errors"]["dark_fragile"]
+    assert error["status"] == 503 and "circuit open" in error["detail"]

@@ -1,10 +1,14 @@
-"""A real aiohttp upstream on 127.0.0.1, port 0, that counts accepted TCP connections."""
+"""A real aiohttp upstream on 127.0.0.1, port 0, that counts accepted TCP connections.
+
+Also a listener whose backlog is full, so that a connection to it never completes.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import socket
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -68,3 +72,34 @@ async def fake_upstream() -> AsyncIterator[FakeUpstream]:
         server.close()
         await runner.cleanup()
         await server.wait_closed()
+
+
+@contextmanager
+def full_backlog_listener() -> Iterator[int]:
+    """A port on 127.0.0.1 whose connects hang: it listens, never accepts, its queue is full.
+
+    Linux drops a SYN while the accept queue is full (it does not refuse it), so
+    the client's connect waits for its own timeout, as for a host that has gone dark.
+    """
+    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    fillers: list[socket.socket] = []
+    try:
+        server.bind(("127.0.0.1", 0))
+        server.listen(0)
+        port: int = server.getsockname()[1]
+        for _ in range(16):
+            filler = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            filler.settimeout(0.2)
+            try:
+                filler.connect(("127.0.0.1", port))
+            except TimeoutError:
+                filler.close()
+                break  # this one hung: the queue is full
+            fillers.append(filler)
+        else:
+            raise RuntimeError("the listen queue never filled: connects would not hang here")
+        yield port
+    finally:
+        for filler in fillers:
+            filler.close()
+        server.close()
