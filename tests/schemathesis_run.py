@@ -11,6 +11,7 @@ import asyncio
 import asyncio.base_events
 import concurrent.futures
 import json
+import re
 import threading
 import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
@@ -165,3 +166,44 @@ def live_gateway(directory: Path, extra_config: str = "") -> Iterator[LiveGatewa
     finally:
         stop()
         thread.join(timeout=30)
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """What a schemathesis run's summary says it did."""
+
+    operations_selected: int
+    operations_tested: int
+    cases_generated: int
+    cases_passed: int
+
+
+class EmptyRun(AssertionError):
+    """The run's summary is missing, or it tested nothing (or not everything selected)."""
+
+
+_OPERATIONS = re.compile(r"^\s*Selected:\s+(\d+)/\d+\s*\n\s*Tested:\s+(\d+)\s*$", re.MULTILINE)
+_CASES = re.compile(
+    r"^Test cases:\s*\n\s*(\d+) generated, (\d+) passed(?:, (\d+) skipped)?\s*$", re.MULTILINE
+)
+
+
+def run_summary(output: str) -> RunSummary:
+    """Read a run's summary; raise EmptyRun unless every selected operation got cases."""
+    operations, cases = _OPERATIONS.search(output), _CASES.search(output)
+    if operations is None or cases is None:
+        raise EmptyRun(f"no summary of operations and test cases in the output:\n{output}")
+    summary = RunSummary(
+        operations_selected=int(operations[1]),
+        operations_tested=int(operations[2]),
+        cases_generated=int(cases[1]),
+        cases_passed=int(cases[2]),
+    )
+    skipped = int(cases[3] or 0)
+    if summary.cases_generated == 0 or summary.cases_passed == 0:
+        raise EmptyRun(f"the run generated no test case that ran: {summary}")
+    if summary.cases_passed + skipped != summary.cases_generated:
+        raise EmptyRun(f"not every generated case passed: {summary}")
+    if summary.operations_tested == 0 or summary.operations_tested != summary.operations_selected:
+        raise EmptyRun(f"some selected operations were never tested: {summary}")
+    return summary

@@ -21,7 +21,13 @@ from bridge import ASGIBridge, BridgeFlask
 from handlers import openapi
 from handlers.proxy import METHODS as PROXY_METHODS
 from tests.fault_upstream import FaultUpstream
-from tests.schemathesis_run import gateway_toml, live_gateway, served_app
+from tests.schemathesis_run import (
+    EmptyRun,
+    gateway_toml,
+    live_gateway,
+    run_summary,
+    served_app,
+)
 from tests.serving import hypercorn_serving
 
 API_KEY = "0123456789abcdef-openapi"
@@ -336,4 +342,52 @@ def test_schemathesis_finds_no_server_error_nor_schema_violation(tmp_path: Path)
         )
     output = finished.stdout + finished.stderr
     assert finished.returncode == 0, output
-    assert re.search(r"Test cases:\s+\d+ generated, \d+ passed", output), output
+    summary = run_summary(output)  # raises unless every operation got cases, all passing
+    methods = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
+    operations = [
+        (path, method)
+        for path, item in document["paths"].items()
+        for method in item
+        if method in methods and not path.endswith("/events")
+    ]
+    assert summary.operations_tested == len(operations)
+
+
+#: The end of a run's output, with the numbers left to fill in.
+SUMMARY = """
+API Operations:
+  Selected: {selected}/32
+  Tested: {tested}
+
+Test cases:
+  {generated} generated, {passed} passed{skipped}
+
+Seed: 20261123
+"""
+
+
+def test_the_run_summary_is_read() -> None:
+    text = SUMMARY.format(selected=31, tested=31, generated=1119, passed=1119, skipped="")
+    summary = run_summary(text)
+    assert (summary.operations_tested, summary.cases_generated) == (31, 1119)
+    skipped = SUMMARY.format(selected=31, tested=31, generated=20, passed=18, skipped=", 2 skipped")
+    assert run_summary(skipped).cases_passed == 18
+
+
+@pytest.mark.parametrize(
+    "numbers",
+    [
+        {"selected": 31, "tested": 31, "generated": 0, "passed": 0},  # nothing generated
+        {"selected": 31, "tested": 0, "generated": 5, "passed": 5},  # no operation tested
+        {"selected": 31, "tested": 30, "generated": 90, "passed": 90},  # one left out
+        {"selected": 31, "tested": 31, "generated": 90, "passed": 89},  # one not passed
+    ],
+)
+def test_a_run_that_tested_nothing_or_not_everything_is_refused(numbers: dict[str, int]) -> None:
+    with pytest.raises(EmptyRun):
+        run_summary(SUMMARY.format(**numbers, skipped=""))
+
+
+def test_an_output_without_a_summary_is_refused() -> None:
+    with pytest.raises(EmptyRun):
+        run_summary("Schemathesis v4.32.5\nError: could not load the schema\n")
