@@ -18,6 +18,7 @@ Routes (all GET unless said):
   /flaky?key=K&fail=N     503 for the first N requests with key K, then 200
   /cache?max_age=N&cc=V   JSON with Cache-Control (V verbatim, or max-age=N)
   ANY /echo/{tail}        the request as JSON: method, path, query, headers, body length
+  PUT/POST /upload        reads the body as it comes; notes when its first bytes arrived
   /stream?chunks=N&ms=M   N chunks, M ms apart
 """
 
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -53,6 +55,9 @@ class FaultUpstream:
     peak_in_flight: int = 0
     bomb: bytes = b""
     cancelled: int = 0
+    #: Set when an /upload body's first bytes arrive (time.monotonic() in first_chunk_at).
+    upload_started: asyncio.Event = field(default_factory=asyncio.Event)
+    first_chunk_at: float | None = None
 
 
 STATE = web.AppKey("fault_upstream", FaultUpstream)
@@ -229,6 +234,18 @@ async def echo(request: web.Request) -> web.Response:
     )
 
 
+async def upload(request: web.Request) -> web.Response:
+    """PUT/POST /upload: read the body as it arrives."""
+    state = _state(request)
+    size = 0
+    async for chunk in request.content.iter_any():
+        if not size and chunk:
+            state.first_chunk_at = time.monotonic()
+            state.upload_started.set()
+        size += len(chunk)
+    return web.json_response({"body_length": size})
+
+
 async def stream(request: web.Request) -> web.StreamResponse:
     """GET /stream?chunks=N&ms=M."""
     response = web.StreamResponse(headers={"Content-Type": "text/plain"})
@@ -282,6 +299,8 @@ def _build(state: FaultUpstream) -> web.Application:
     for path, handler in routes:
         app.router.add_get(path, handler)
     app.router.add_route("*", "/echo/{tail:.*}", echo)
+    app.router.add_put("/upload", upload)
+    app.router.add_post("/upload", upload)
     return app
 
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,11 +14,13 @@ import aiohttp
 import pytest
 from yarl import URL
 
+from core.config import ConfigError
 from tests.fault_upstream import FaultUpstream
 from tests.gateway_serving import Gateway, gateway_serving
+from tests.test_safety import SSRF_FORMS, Listener, form_url, listening
 
 
-def _config(upstream_url: str, forbidden_port: int) -> str:
+def _config(upstream_url: str, forbidden_port: int, refused_port: int) -> str:
     return f"""
 [server]
 max_body_bytes = 1048576
@@ -35,6 +39,16 @@ forward_headers = ["Authorization", "Cookie"]
 base_url = "{upstream_url}"
 internal = true
 circuit_breaker = {{ failures = 2, reset_after = 30.0 }}
+
+[upstreams.hangup]
+# The counting listener on 127.0.0.1: it accepts, then closes without a word.
+base_url = "http://127.0.0.1:{forbidden_port}"
+internal = true
+
+[upstreams.refused]
+# A port bound but not listening: every connect is refused.
+base_url = "http://127.0.0.1:{refused_port}"
+internal = true
 
 [upstreams.outside]
 base_url = "http://127.0.0.3:{forbidden_port}"
@@ -65,11 +79,20 @@ async def listener() -> AsyncIterator[tuple[int, list[int]]]:
 
 
 @pytest.fixture
+def refused_port() -> Iterator[int]:
+    """A port on 127.0.0.1 that refuses connections: bound, never listening."""
+    with socket.socket() as bound:
+        bound.bind(("127.0.0.1", 0))
+        yield bound.getsockname()[1]
+
+
+@pytest.fixture
 async def gateway(
-    fault: FaultUpstream, listener: tuple[int, list[int]], tmp_path: Path
+    fault: FaultUpstream, listener: tuple[int, list[int]], refused_port: int, tmp_path: Path
 ) -> AsyncIterator[Gateway]:
     """The gateway with proxied upstreams."""
-    async with gateway_serving(_config(fault.url, listener[0]), tmp_path) as served:
+    config = _config(fault.url, listener[0], refused_port)
+    async with gateway_serving(config, tmp_path) as served:
         yield served
 
 
@@ -154,19 +177,26 @@ async def test_response_is_streamed_not_buffered(gateway: Gateway) -> None:
     assert arrivals[-1] - arrivals[0] > 0.4
 
 
-async def test_request_body_is_streamed_up(gateway: Gateway) -> None:
-    sent = 0
+async def test_request_body_is_streamed_up(gateway: Gateway, fault: FaultUpstream) -> None:
+    last_chunk_sent_at: float | None = None
 
     async def upload() -> AsyncIterator[bytes]:
-        nonlocal sent
-        for _ in range(10):
-            sent += 65536
+        nonlocal last_chunk_sent_at
+        for _ in range(9):
             yield b"z" * 65536
-            await asyncio.sleep(0)
+        # The last chunk waits until the upstream has the first: a proxy that
+        # buffered the body would never pass it on before it is all there.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(5.0):
+                await fault.upload_started.wait()
+        last_chunk_sent_at = time.monotonic()
+        yield b"z" * 65536
 
-    status, _, seen = await _echo(gateway, "/proxy/api/echo/up", method="PUT", data=upload())
+    status, _, seen = await _echo(gateway, "/proxy/api/upload", method="PUT", data=upload())
     assert status == 200
-    assert seen["body_length"] == sent == 655360
+    assert seen["body_length"] == 10 * 65536
+    assert fault.first_chunk_at is not None and last_chunk_sent_at is not None
+    assert fault.first_chunk_at < last_chunk_sent_at  # streamed, not buffered
 
 
 async def _raw_upload(url: str, head: str, chunks: list[bytes]) -> bytes:
@@ -207,11 +237,11 @@ async def test_body_over_the_limit_is_413(gateway: Gateway, fault: FaultUpstream
 
 
 async def test_an_oversized_streamed_upload_does_not_leave_its_request_hanging(
-    fault: FaultUpstream, listener: tuple[int, list[int]], tmp_path: Path
+    fault: FaultUpstream, listener: tuple[int, list[int]], refused_port: int, tmp_path: Path
 ) -> None:
     chunk = b"y" * 65536
     framed = [f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n"] * 40
-    serving = gateway_serving(_config(fault.url, listener[0]), tmp_path)
+    serving = gateway_serving(_config(fault.url, listener[0], refused_port), tmp_path)
     gateway = await serving.__aenter__()
     try:
         answer = await _raw_upload(
@@ -247,10 +277,25 @@ async def test_head_and_upstream_errors_pass_through(gateway: Gateway) -> None:
         assert response.status == 418
 
 
-async def test_dead_and_slow_upstreams_are_502_and_504(gateway: Gateway) -> None:
+async def test_dead_and_slow_upstreams_are_502_and_504(
+    gateway: Gateway, listener: tuple[int, list[int]]
+) -> None:
+    for upstream, cause in [
+        ("refused", "refused is unavailable: Cannot connect"),
+        ("hangup", "hangup is unavailable: "),  # "Server disconnected" or a reset
+    ]:
+        async with gateway.client.get(f"/proxy/{upstream}/x") as response:
+            assert response.status == 502
+            problem = await response.json()
+        assert (problem["title"], problem["upstream"]) == ("Bad Gateway", upstream)
+        assert problem["detail"].startswith(cause), problem
+    # The hangup listener was reached (aiohttp itself resends an idempotent
+    # request once when the server disconnects).
+    assert 1 <= len(listener[1]) <= 2
     async with gateway.client.get("/proxy/api/never") as response:
         assert response.status == 504
-        assert (await response.json())["upstream"] == "api"
+        problem = await response.json()
+    assert (problem["title"], problem["upstream"]) == ("Gateway Timeout", "api")
 
 
 @pytest.mark.parametrize("upstream", ["outside", "outside_by_name"])
@@ -267,31 +312,60 @@ async def test_forbidden_addresses_are_refused_without_a_connection(
 
 
 async def test_the_proxy_cannot_be_steered_to_another_host(
-    gateway: Gateway, fault: FaultUpstream
+    gateway: Gateway, listener: tuple[int, list[int]], fault: FaultUpstream
 ) -> None:
-    for path in ("/proxy/api/@127.0.0.2/x", "/proxy/api//127.0.0.2/x", "/proxy/api/..%2f..%2fx"):
-        async with gateway.client.get(path) as response:
-            await response.read()
-    # Every request that reached anything reached the configured upstream.
-    assert fault.accepted >= 1
+    # The target is the counting listener on 127.0.0.1, a host marked internal
+    # (the fault upstream's): the address guard would let a connection through,
+    # so only the proxy's path handling keeps it away.
+    port, accepted = listener
+    target = f"127.0.0.1:{port}"
+    cases = [
+        # (path, the gateway's answer, and what the configured upstream saw)
+        (f"/proxy/api/@{target}/x", 404, f"/@{target}/x"),  # a path on the upstream
+        (f"/proxy/api//{target}/x", 308, None),  # merged: back to this gateway
+        (f"/proxy/api/..%2f..%2f{target}/x", 400, None),
+        (f"/proxy/api%2F@{target}/x", 404, None),  # would make the host userinfo
+    ]
+    for path, expected, upstream_path in cases:
+        url = URL(gateway.url + path, encoded=True)
+        async with (
+            aiohttp.ClientSession() as raw,
+            raw.get(url, allow_redirects=False) as response,
+        ):
+            assert response.status == expected, (path, await response.text())
+            if expected == 308:
+                assert URL(response.headers["Location"]).port == URL(gateway.url).port
+            elif upstream_path is None:
+                assert response.content_type == "application/problem+json", path
+        if upstream_path is not None:
+            assert fault.hits[upstream_path] == 1  # reached as a path, on the upstream
+    await asyncio.sleep(0.05)  # an accept in flight would land now
+    assert accepted == []
 
 
 @pytest.mark.parametrize(
     "raw_path",
     [
-        "/proxy/api%2F@127.0.0.3:{port}/steal",
-        "/proxy/api%2f@127.0.0.3:{port}/steal",
-        "/proxy/api@127.0.0.3:{port}/steal",
-        "/proxy/api%2F%2F127.0.0.3:{port}/steal",
+        "/proxy/api%2F@{host}:{port}/steal",
+        "/proxy/api%2f@{host}:{port}/steal",
+        "/proxy/api@{host}:{port}/steal",
+        "/proxy/api%2F%2F{host}:{port}/steal",
         "/proxy/api/..%2F..%2Fsteal",
         "/proxy/api/%2e%2e/steal",
     ],
 )
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.3"], ids=["internal host", "loopback"])
 async def test_path_tricks_never_reach_another_host(
-    gateway: Gateway, listener: tuple[int, list[int]], fault: FaultUpstream, raw_path: str
+    gateway: Gateway,
+    listener: tuple[int, list[int]],
+    fault: FaultUpstream,
+    raw_path: str,
+    host: str,
 ) -> None:
+    # 127.0.0.1 is internal (the guard would not stop a connection there);
+    # 127.0.0.3 is not. Both have a counting listener on the port.
     port, accepted = listener
-    url = URL(gateway.url + raw_path.format(port=port), encoded=True)
+    url = URL(gateway.url + raw_path.format(host=host, port=port), encoded=True)
     async with (
         aiohttp.ClientSession() as raw,
         raw.get(url, allow_redirects=False) as response,
@@ -300,6 +374,7 @@ async def test_path_tricks_never_reach_another_host(
         assert response.status in (308, 400, 404), await response.text()
         if response.status != 308:
             assert response.content_type == "application/problem+json"
+    await asyncio.sleep(0.05)
     assert accepted == []  # the other host was never contacted
     assert fault.hits["/steal"] == 0
 
@@ -336,3 +411,106 @@ async def test_proxied_calls_are_counted_like_every_upstream_call(gateway: Gatew
     async with gateway.client.get("/metrics") as response:
         text = await response.text()
     assert 'fanout_upstream_calls_total{outcome="ok",upstream="api"} 1.0' in text
+
+
+# --- every SSRF form, as a configured (not internal) upstream ----------------
+
+#: Forms the config loader refuses: the gateway does not even start.
+REFUSED_BY_CONFIG = {
+    "userinfo confusion": "must not contain user info",
+    "fragment confusion": "without query or fragment",
+}
+
+
+@pytest.fixture
+async def ssrf_listener() -> AsyncIterator[Listener]:
+    """Counting listeners on 127.0.0.1 and ::1, where the SSRF forms lead."""
+    async with listening() as state:
+        yield state
+
+
+async def _resolves(host: str) -> bool:
+    try:
+        await asyncio.get_running_loop().getaddrinfo(host, None)
+    except (socket.gaierror, UnicodeError):  # UnicodeError: an empty label ("localhost..")
+        return False
+    return True
+
+
+@pytest.mark.parametrize(("form", "template"), SSRF_FORMS, ids=[f[0] for f in SSRF_FORMS])
+async def test_every_ssrf_form_is_refused_through_the_proxy(
+    form: str, template: str, ssrf_listener: Listener, tmp_path: Path
+) -> None:
+    if form == "DNS rebinding":
+        pytest.skip(
+            "needs a DNS server answering a public name with loopback; "
+            "tests/test_safety.py covers it with a fake resolver"
+        )
+    url = form_url(template, ssrf_listener).rstrip("/")
+    config = f'[upstreams.target]\nbase_url = "{url}"\n'
+    if form in REFUSED_BY_CONFIG:
+        with pytest.raises(ConfigError, match=REFUSED_BY_CONFIG[form]):
+            async with gateway_serving(config, tmp_path):
+                pass
+    else:
+        async with (
+            gateway_serving(config, tmp_path) as gateway,
+            gateway.client.get("/proxy/target/x") as response,
+        ):
+            status, problem = response.status, await response.json()
+        assert status == 502, problem
+        host = URL(url).raw_host or ""
+        if host.startswith("[") or _literal(host) or await _resolves(host):
+            assert problem["title"] == "Blocked Destination", problem
+            assert "forbidden destination" in problem["detail"]
+        else:
+            # This machine's resolver has no answer for the name (glibc and
+            # "localhost."): no address, so nothing to connect to either.
+            assert problem["title"] == "Bad Gateway", problem
+            assert "Cannot connect to host" in problem["detail"], problem
+    await asyncio.sleep(0.05)  # an accept in flight would land now
+    assert ssrf_listener.accepted == 0
+
+
+def _literal(host: str) -> bool:
+    try:
+        socket.inet_aton(host.rstrip("."))
+    except OSError:
+        return ":" in host
+    return True
+
+
+async def test_an_aggregate_endpoint_cannot_reach_a_forbidden_address(
+    ssrf_listener: Listener, tmp_path: Path
+) -> None:
+    config = f"""
+[upstreams.by_name]
+base_url = "http://localhost:{ssrf_listener.port}"
+
+[upstreams.by_number]
+base_url = "http://2130706433:{ssrf_listener.port}"
+
+[[endpoints]]
+path = "/steal"
+  [[endpoints.backends]]
+  upstream = "by_name"
+  path = "/x"
+  group = "a"
+  [[endpoints.backends]]
+  upstream = "by_number"
+  path = "/x"
+  group = "b"
+"""
+    async with (
+        gateway_serving(config, tmp_path) as gateway,
+        gateway.client.get("/steal") as response,
+    ):
+        status, problem = response.status, await response.json()
+    assert status == 502
+    assert problem["detail"] == "every backend failed: a, b"
+    for label in ("a", "b"):
+        error = problem["errors"][label]
+        assert error["title"] == "Blocked Destination"
+        assert "forbidden destination (loopback)" in error["detail"]
+    await asyncio.sleep(0.05)
+    assert ssrf_listener.accepted == 0
