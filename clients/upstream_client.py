@@ -22,7 +22,7 @@ from clients.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from clients.safety import blocked_cause
+from clients.safety import BlockedAddressError, blocked_cause, check_literal_host
 from clients.upstream import UpstreamReply, read_capped
 from core.circuit import CircuitBreaker, CircuitState
 from core.config import UpstreamConfig
@@ -83,6 +83,14 @@ class UpstreamClient:
         self._reported_state: CircuitState | None = None
         origin = urlsplit(config.base_url)
         self._origin = (origin.scheme, (origin.hostname or "").lower(), origin.port)
+        # Every call goes to this one origin (url() and redirects keep to it),
+        # so an IP-literal host is judged once here rather than by a session
+        # middleware on every call; names are judged after DNS by the resolver.
+        self._refused: str | None = None
+        try:
+            check_literal_host(origin.hostname or "", internal=config.internal)
+        except BlockedAddressError as exc:
+            self._refused = f"{self.name}: {exc}"
 
     @property
     def name(self) -> str:
@@ -283,7 +291,13 @@ class UpstreamClient:
             ) from exc
 
     def _admit(self) -> bool:
-        """Let the call through or raise CircuitOpen; True if it is the half-open trial."""
+        """Let the call through or raise CircuitOpen; True if it is the half-open trial.
+
+        A forbidden IP-literal origin is refused first (BlockedDestination),
+        before the breaker or the network is asked.
+        """
+        if self._refused is not None:
+            raise BlockedDestination(self.name, self._refused)
         if not self.breaker.allow():
             raise CircuitOpen(
                 self.name,
