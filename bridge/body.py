@@ -9,8 +9,8 @@ from typing import Any
 
 from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 
-from bridge.greenlets import MissingBridgeError, await_only, in_bridge_greenlet
-from bridge.serving import SERVING_LOOP
+from bridge.greenlets import await_only, in_bridge_greenlet
+from bridge.serving import run_from_worker
 
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 
@@ -40,8 +40,11 @@ class RequestBody(io.RawIOBase):
         self.reading = False
         self._discarding = False
         self._reader_waiting = False
+        #: True while a reader awaits ``receive`` directly (before the pump owned it).
+        self._receiving = False
         self._fed: asyncio.Event | None = None
         self._drained: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def readable(self) -> bool:
         """Say that the body can be read (io protocol)."""
@@ -76,21 +79,19 @@ class RequestBody(io.RawIOBase):
         self._check()
         if self.complete:
             return False
-        # Set before switching to the loop, where the disconnect watcher
-        # decides whether it may take over receive.
-        self.reading = True
-        try:
-            if in_bridge_greenlet():
+        if in_bridge_greenlet():
+            # Set before switching to the loop, where the disconnect watcher
+            # decides whether it may take over receive.
+            self.reading = True
+            try:
                 await_only(self._apull())
-            else:
-                # A plain def view in the thread pool: run the read on the
-                # server loop and wait for it here.
-                loop = SERVING_LOOP.get(None)
-                if loop is None:
-                    raise MissingBridgeError("the request body can only be read while served")
-                asyncio.run_coroutine_threadsafe(self._apull(), loop).result()
-        finally:
-            self.reading = False
+            finally:
+                self.reading = False
+        else:
+            # A plain def view in the thread pool: the read runs on the server
+            # loop. The request's greenlet meanwhile waits for the view, not
+            # for its body, so the watcher may own receive (_apull copes).
+            run_from_worker(self._apull())
         self._check()
         return True
 
@@ -106,10 +107,15 @@ class RequestBody(io.RawIOBase):
             return
         previously = self.reading
         self.reading = True
+        self._receiving = True
         try:
             self._accept(await self._receive())
         finally:
             self.reading = previously
+            self._receiving = False
+            if self._fed is not None:
+                # The pump started meanwhile and waits for this receive to end.
+                self._fed.set()
 
     async def iter_chunks(self) -> AsyncIterator[bytes]:
         """Yield the body's chunks as they arrive, from any task on the loop.
@@ -129,9 +135,24 @@ class RequestBody(io.RawIOBase):
     def _take_buffered(self) -> bytes:
         data = bytes(self._buffer)
         self._buffer.clear()
-        if self._drained is not None:
-            self._drained.set()
+        self._signal_drained()
         return data
+
+    def _signal_drained(self) -> None:
+        # Tell the pump the reader took what was buffered. A plain def view
+        # reads in a worker thread, and asyncio primitives are not thread-safe
+        # (nor is the loop woken up): from there, hand the set() to the loop.
+        drained, loop = self._drained, self._loop
+        if drained is None or loop is None:
+            return
+        try:
+            on_loop = asyncio.get_running_loop() is loop
+        except RuntimeError:
+            on_loop = False
+        if on_loop:
+            drained.set()
+        else:
+            loop.call_soon_threadsafe(drained.set)
 
     async def _wait_for_feed(self, seen: int) -> None:
         assert self._fed is not None and self._drained is not None
@@ -148,7 +169,13 @@ class RequestBody(io.RawIOBase):
 
     async def pump(self) -> None:
         """Own ``receive`` from now on: feed body chunks, return on disconnect."""
+        self._loop = asyncio.get_running_loop()
         self._fed, self._drained = asyncio.Event(), asyncio.Event()
+        while self._receiving:
+            # A reader still awaits receive itself: two receivers would split
+            # the body between them, so take over once its chunk is in.
+            self._fed.clear()
+            await self._fed.wait()
         while True:
             while (
                 not self.complete
@@ -175,8 +202,7 @@ class RequestBody(io.RawIOBase):
         """
         self._discarding = True
         self._buffer.clear()
-        if self._drained is not None:
-            self._drained.set()
+        self._signal_drained()
 
     def _take(self, size: int) -> bytes:
         # A reader that stops at exactly the limit (Werkzeug's LimitedStream
@@ -186,8 +212,7 @@ class RequestBody(io.RawIOBase):
             self._pull()
         data = bytes(self._buffer[:size])
         del self._buffer[:size]
-        if self._drained is not None:
-            self._drained.set()
+        self._signal_drained()
         return data
 
     def read(self, size: int | None = -1) -> bytes:

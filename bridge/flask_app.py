@@ -18,7 +18,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from bridge.body import RequestBody
 from bridge.greenlets import MissingBridgeError, await_only, in_bridge_greenlet, run_coroutine
-from bridge.serving import SERVING_LOOP, serving_state
+from bridge.serving import SERVING_LOOP, run_from_worker, serving_state
 
 T = TypeVar("T")
 LifespanHook = Callable[[Flask], AsyncIterator[None]]
@@ -108,14 +108,15 @@ class BridgeFlask(Flask):
         def call(*args: Any, **kwargs: Any) -> Any:
             if in_bridge_greenlet():
                 return run_coroutine(func(*args, **kwargs))
-            loop = SERVING_LOOP.get(None)
-            if loop is not None:
-                # A sync view in the pool called async code: run it on the server loop.
-                return asyncio.run_coroutine_threadsafe(func(*args, **kwargs), loop).result()
             try:
                 asyncio.get_running_loop()
             except RuntimeError:
+                if SERVING_LOOP.get(None) is not None:
+                    # A sync view in the pool called async code: run it on the server loop.
+                    return run_from_worker(func(*args, **kwargs))
                 return fallback(func)(*args, **kwargs)
+            # Checked before SERVING_LOOP: a task started from a worker thread
+            # inherits it, and waiting for the loop on the loop would deadlock.
             raise MissingBridgeError(
                 f"{func.__qualname__} is async and was called from sync code running "
                 "inside a coroutine; await it there instead (only a request's greenlet "

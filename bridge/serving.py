@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from flask import Flask
+
+from bridge.greenlets import MissingBridgeError
+
+T = TypeVar("T")
 
 SERVING_KEY = "bridge.serving"
 
@@ -43,3 +49,22 @@ def is_ready(app: Flask) -> bool:
     """Tell whether the app is served and its lifespan startup has completed."""
     state = serving_state(app)
     return state is not None and state.ready
+
+
+def run_from_worker(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run ``coroutine`` on the server loop from a sync view's worker thread; wait for it."""
+    loop = SERVING_LOOP.get(None)
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        on_a_loop = False
+    else:
+        on_a_loop = True
+    if loop is None or on_a_loop:
+        # On a loop thread, waiting here for that loop would deadlock it.
+        coroutine.close()
+        raise MissingBridgeError(
+            "async code can be waited for from sync code only in a request's "
+            "greenlet or in a plain def view's worker thread while served"
+        )
+    return asyncio.run_coroutine_threadsafe(coroutine, loop).result()

@@ -200,6 +200,16 @@ def sync_body_size() -> Response:
     return jsonify(size=len(request.get_data()))
 
 
+@blueprint.post("/sync-chunked-read")
+def sync_chunked_read() -> Response:
+    """A plain def view (in the thread pool) reading the body in 64 KiB read() calls."""
+    size = reads = 0
+    while chunk := request.stream.read(65536):
+        size += len(chunk)
+        reads += 1
+    return jsonify(size=size, reads=reads)
+
+
 @blueprint.post("/report/<int:year>")
 @background_view
 async def report(year: int) -> tuple[Response, int]:

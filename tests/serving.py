@@ -11,6 +11,10 @@ from typing import Any
 from hypercorn.asyncio import serve
 from hypercorn.config import Config
 
+from app import create_app
+from bridge import ASGIBridge, BridgeFlask
+from tests.probe_views import mount_probes
+
 BACKLOG = 4096
 
 
@@ -58,3 +62,13 @@ async def _wait_until_listening(port: int, server: asyncio.Task[None]) -> None:
             return
         await asyncio.sleep(0.01)
     server.result()  # raise the server's startup error
+
+
+@asynccontextmanager
+async def serve_probes(
+    upstream_url: str, config: dict[str, Any] | None = None
+) -> AsyncIterator[tuple[str, BridgeFlask]]:
+    """Serve a Fanout app built with ``config`` and the probe views; yield (URL, app)."""
+    app = mount_probes(create_app(config), upstream_url)
+    async with hypercorn_serving(ASGIBridge(app)) as url:
+        yield url, app

@@ -87,3 +87,39 @@ async def test_the_pump_feeds_the_reader_and_reports_a_disconnect() -> None:
     assert await run_in_greenlet(work) == b"a" * 10 + b"b" * 10
     await asyncio.wait_for(pump, timeout=5)
     assert body.disconnected
+
+
+async def test_a_pump_started_during_a_direct_read_waits_for_it_never_two_receivers() -> None:
+    messages = [
+        {"type": "http.request", "body": b"a" * 10, "more_body": True},
+        {"type": "http.request", "body": b"b" * 10, "more_body": False},
+    ]
+    release, gone = asyncio.Event(), asyncio.Event()
+    receiving: list[int] = []
+    first_call = asyncio.Event()
+    peak = 0
+
+    async def receive() -> dict[str, Any]:
+        nonlocal peak
+        receiving.append(1)
+        first_call.set()
+        peak = max(peak, len(receiving))
+        try:
+            await release.wait()
+            if messages:
+                return messages.pop(0)
+            await gone.wait()
+            return {"type": "http.disconnect"}
+        finally:
+            receiving.pop()
+
+    body = RequestBody(receive, limit=None)
+    reader = asyncio.create_task(run_in_greenlet(body.read))
+    await first_call.wait()  # the reader now awaits receive itself
+    pump = asyncio.create_task(body.pump())
+    await asyncio.sleep(0.01)
+    release.set()
+    assert await asyncio.wait_for(reader, timeout=5) == b"a" * 10 + b"b" * 10
+    gone.set()
+    await asyncio.wait_for(pump, timeout=5)  # it heard the disconnect
+    assert peak == 1

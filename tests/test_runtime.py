@@ -11,6 +11,7 @@ import aiohttp
 import pytest
 
 from tests.conftest import Served
+from tests.serving import serve_probes
 from tests.upstream import FakeUpstream
 
 
@@ -334,3 +335,26 @@ async def test_a_background_view_answers_202_and_its_response_is_replayed(served
         # The view's own error answer, replayed as it would have been given.
         assert response.status == 404
         assert (await response.json())["detail"] == "No report before 2000."
+
+
+async def test_a_plain_def_view_reads_a_large_body_in_small_reads_with_the_pump_running(
+    upstream: FakeUpstream,
+) -> None:
+    # The view reads in a worker thread while the pump, on the loop, feeds the
+    # body under backpressure: each read must wake the pump thread-safely. In
+    # debug mode the loop raises on any call from another thread.
+    asyncio.get_running_loop().set_debug(True)
+    size = 2 * 1024 * 1024 + 123
+    config = {"MAX_CONTENT_LENGTH": 4 * 1024 * 1024}
+    async with (
+        serve_probes(upstream.url, config) as (url, _),
+        # Without the fix the pump misses its wake-up and the read never ends.
+        aiohttp.ClientSession(url, timeout=aiohttp.ClientTimeout(total=20)) as client,
+    ):
+        for _ in range(3):
+            async with client.post(
+                "/probe/sync-chunked-read", data=io.BytesIO(b"z" * size)
+            ) as response:
+                assert response.status == 200, await response.text()
+                answer = await response.json()
+            assert answer == {"size": size, "reads": size // 65536 + 1}
