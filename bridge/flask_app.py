@@ -6,7 +6,16 @@ import asyncio
 import contextvars
 import functools
 import inspect
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Generator,
+    Iterable,
+    Iterator,
+)
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import IO, Any, TypeVar
 
@@ -14,30 +23,70 @@ from flask import Flask, Response, request
 from flask.globals import request_ctx
 from flask.typing import ResponseReturnValue
 from flask.views import MethodView
-from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from bridge.body import RequestBody
-from bridge.greenlets import MissingBridgeError, await_only, in_bridge_greenlet, run_coroutine
+from bridge.greenlets import MissingBridgeError, in_bridge_greenlet, run_coroutine
+from bridge.pool import PoolIterator, wait_in_pool
 from bridge.serving import SERVING_LOOP, run_from_worker, serving_state
 
 T = TypeVar("T")
 LifespanHook = Callable[[Flask], AsyncIterator[None]]
 
+#: Where a served request keeps the context copy its plain def view ran in.
+_SYNC_VIEW_CONTEXT = "bridge.sync_view_context"
+
 
 def iterate_async(source: AsyncIterable[T]) -> Iterator[T]:
-    """Iterate an async iterable from sync code in a bridge greenlet (e.g. a streamed body)."""
+    """Iterate an async iterable from sync code in a bridge greenlet (e.g. a streamed body).
+
+    Also works in a plain def view's worker thread (each item is awaited on
+    the server loop), but a response body made of it is always iterated
+    inline, in the request's greenlet.
+    """
+    return LoopIterator(source)
+
+
+class LoopIterator(Iterator[T]):
+    """Items awaited on the server loop, one by one, from sync code."""
+
+    def __init__(self, source: AsyncIterable[T]) -> None:
+        self._items = _iterate(source)
+
+    def __iter__(self) -> LoopIterator[T]:
+        return self
+
+    def __next__(self) -> T:
+        return next(self._items)
+
+    def close(self) -> None:
+        """Close the async iterator (its ``aclose``), if iteration started."""
+        self._items.close()
+
+
+def _iterate(source: AsyncIterable[T]) -> Generator[T, None, None]:
     iterator = aiter(source)
     try:
         while True:
             try:
-                item = run_coroutine(anext(iterator))
+                item = _wait(anext(iterator))
             except StopAsyncIteration:
                 return
             yield item
     finally:
         aclose = getattr(iterator, "aclose", None)
         if aclose is not None:
-            run_coroutine(aclose())
+            _wait(aclose())
+
+
+def _wait(awaitable: Awaitable[T]) -> T:
+    if in_bridge_greenlet():
+        return run_coroutine(awaitable)
+    return run_from_worker(_awaited(awaitable))
+
+
+async def _awaited(awaitable: Awaitable[T]) -> T:
+    return await awaitable
 
 
 def request_body_chunks() -> AsyncIterator[bytes]:
@@ -80,7 +129,9 @@ class BridgeFlask(Flask):
       tasks they create outlive the request and loop-bound resources (one
       ``aiohttp.ClientSession``) can be shared.
     - Plain ``def`` views run in the bridge's thread pool so a blocking one
-      never stalls the loop; sync hooks and error handlers run inline.
+      never stalls the loop, and so does each chunk of the generator such a
+      view may return (in the same context copy); sync hooks and error
+      handlers run inline.
     - Outside the served stack (``app.test_client()``, a CLI command) no
       greenlet drives the request: async views then fall back to Flask's
       default, a private event loop per call (asgiref), and sync views run
@@ -167,15 +218,31 @@ class BridgeFlask(Flask):
         # The worker gets a copy of the request's context: flask.request and
         # g work there, and g's mutations are seen after (same object), but a
         # contextvar rebound in the worker does not propagate back.
-        call = functools.partial(
-            contextvars.copy_context().run, _call_in_worker, state.loop, view, view_args
+        context = contextvars.copy_context()
+        result: ResponseReturnValue = wait_in_pool(
+            state, functools.partial(context.run, _call_in_worker, state.loop, view, view_args)
         )
-        state.sync_running += 1
-        try:
-            result: ResponseReturnValue = await_only(state.loop.run_in_executor(state.pool, call))
-        finally:
-            state.sync_running -= 1
+        # Its streamed body, if any, is produced in the same copy (finalize_request).
+        request_ctx.request.environ[_SYNC_VIEW_CONTEXT] = context
         return result
+
+    def finalize_request(
+        self, rv: ResponseReturnValue | HTTPException, from_error_handler: bool = False
+    ) -> Response:
+        """Make the response; a plain def view's streamed body is then produced in the pool."""
+        response = super().finalize_request(rv, from_error_handler)
+        context = request_ctx.request.environ.pop(_SYNC_VIEW_CONTEXT, None)
+        state = serving_state(self)
+        if (
+            context is not None
+            and state is not None
+            and response.is_streamed
+            # Async iterables are awaited on the loop anyway: no thread hop per item.
+            and not isinstance(response.response, LoopIterator)
+        ):
+            source: Iterable[Any] = response.response
+            response.response = PoolIterator(source, context, state)
+        return response
 
     def make_response(self, rv: ResponseReturnValue) -> Response:
         """Also accept an async generator as a streamed body."""

@@ -21,7 +21,7 @@ from flask import (
 )
 from flask.views import MethodView
 
-from bridge import BridgeFlask, await_only
+from bridge import BridgeFlask
 from clients.upstream import call_upstream
 from handlers.jobs import background_view, job_progress
 from resources import http_session
@@ -39,6 +39,8 @@ class ProbeState:
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     cancelled: list[str] = field(default_factory=list)
     events: list[str] = field(default_factory=list)
+    #: Blocking generators asleep now (set in pool threads, read on the loop).
+    blocking_sleeps: int = 0
 
 
 def probe_state() -> ProbeState:
@@ -144,15 +146,44 @@ def sync_calls_async() -> Response:
 
 @blueprint.get("/stream")
 def stream() -> Response:
-    """Stream three chunks, 0.3 s apart, from a sync generator awaiting on the loop."""
+    """Stream three chunks, 0.3 s apart, from a def view's generator awaiting on the loop."""
 
     def chunks() -> Iterator[str]:
+        # A def view's body is produced in the pool: ensure_sync waits on the loop.
+        pause = current_app.ensure_sync(asyncio.sleep)
         for n in range(3):
             if n:
-                await_only(asyncio.sleep(0.3))
+                pause(0.3)
             yield f"chunk {n} of {request.path}\n"
 
     return Response(stream_with_context(chunks()), mimetype="text/plain")
+
+
+@blueprint.get("/blocking-stream")
+def blocking_stream() -> Response:
+    """Stream ``chunks`` chunks, blocking ``seconds`` in time.sleep() before each but the first."""
+    state = probe_state()
+    count = int(request.args.get("chunks", "4"))
+    seconds = float(request.args.get("seconds", "0.3"))
+
+    def chunks() -> Iterator[str]:
+        for n in range(count):
+            if n:
+                state.blocking_sleeps += 1
+                time.sleep(seconds)
+                state.blocking_sleeps -= 1
+            yield f"blocking chunk {n}\n"
+
+    return Response(chunks(), mimetype="text/plain")
+
+
+@blueprint.get("/quick")
+async def quick() -> Response:
+    """Answer at once, recording whether a blocking generator was asleep meanwhile."""
+    await asyncio.sleep(0)
+    state = probe_state()
+    state.events.append("quick during a sleep" if state.blocking_sleeps else "quick")
+    return jsonify(ok=True)
 
 
 @blueprint.get("/async-stream")

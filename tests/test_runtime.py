@@ -358,3 +358,30 @@ async def test_a_plain_def_view_reads_a_large_body_in_small_reads_with_the_pump_
                 assert response.status == 200, await response.text()
                 answer = await response.json()
             assert answer == {"size": size, "reads": size // 65536 + 1}
+
+
+async def test_a_def_views_blocking_generator_does_not_stall_async_views(served: Served) -> None:
+    order: list[str] = []
+    first_chunk = asyncio.Event()
+
+    async def stream() -> None:
+        # Four chunks, each but the first after a 0.3 s time.sleep() in the generator.
+        async with served.client.get("/probe/blocking-stream?chunks=4&seconds=0.3") as response:
+            assert response.status == 200
+            assert await response.content.readline() == b"blocking chunk 0\n"
+            first_chunk.set()
+            rest = await response.read()
+        assert rest == b"".join(f"blocking chunk {n}\n".encode() for n in range(1, 4))
+        order.append("stream finished")
+
+    async def quick(n: int) -> None:
+        await first_chunk.wait()
+        async with served.client.get("/probe/quick") as response:
+            assert response.status == 200
+        order.append(f"quick {n}")
+
+    await asyncio.gather(stream(), *(quick(n) for n in range(10)))
+    # Every async request was answered while the generator was still producing.
+    assert order[-1] == "stream finished" and len(order) == 11, order
+    # On the loop thread no async view could run while the generator slept.
+    assert "quick during a sleep" in served.probes.events, served.probes.events
