@@ -31,12 +31,14 @@ T = TypeVar("T")
 
 logger = logging.getLogger(__name__)
 
-#: Sweeps that delete at least this many rows give the freed pages back to the OS.
-VACUUM_AFTER_ROWS = 1000
+#: A sweep gives the file's free pages back to the filesystem once they are at
+#: least this many (1 MiB of 4 KiB pages), however few rows that sweep deleted:
+#: expired jobs are swept a slice at a time, and the slices add up.
+RECLAIM_FREE_PAGES = 256
 #: IN lists are cut to this size: well under SQLite's bound-parameter limit.
 _CHUNK = 500
 #: After a checkpoint, the WAL file is cut back to this size.
-_WAL_SIZE_LIMIT = 16 * 1024 * 1024
+WAL_SIZE_LIMIT = 16 * 1024 * 1024
 
 _FINAL = tuple(s.value for s in JobStatus if s.final)
 
@@ -183,16 +185,17 @@ class SqliteStore:
     ``path`` is a filesystem path; its parent directory is created if missing.
     ``busy_timeout`` (seconds) is how long an operation waits for another
     process's lock before raising StoreUnavailable. Space: ``sweep`` gives the
-    pages of deleted rows back to the filesystem (incremental vacuum) when it
-    deleted at least ``vacuum_after`` rows; ``vacuum`` rebuilds the file on demand.
+    pages of deleted rows back to the filesystem (incremental vacuum) once the
+    file holds at least ``reclaim_pages`` free pages; ``vacuum`` rebuilds the
+    file on demand.
     """
 
     def __init__(
-        self, path: str, *, busy_timeout: float = 5.0, vacuum_after: int = VACUUM_AFTER_ROWS
+        self, path: str, *, busy_timeout: float = 5.0, reclaim_pages: int = RECLAIM_FREE_PAGES
     ) -> None:
         self.path = path
         self._busy_timeout = busy_timeout
-        self._vacuum_after = vacuum_after
+        self._reclaim_pages = reclaim_pages
         self._executor: ThreadPoolExecutor | None = None
         #: Only ever touched on the executor's thread.
         self._conn: sqlite3.Connection | None = None
@@ -368,7 +371,7 @@ class SqliteStore:
             # In WAL mode NORMAL is safe against process crashes (not power loss)
             # and saves an fsync per commit.
             conn.execute("PRAGMA synchronous = NORMAL")
-            conn.execute(f"PRAGMA journal_size_limit = {_WAL_SIZE_LIMIT}")
+            conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
             with _transaction(conn):
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
@@ -476,7 +479,10 @@ class SqliteStore:
         deleted: int = conn.execute(
             f"DELETE FROM jobs WHERE status IN {_FINAL!r} AND expires_at < ?", (now,)
         ).rowcount
-        if deleted >= self._vacuum_after:
+        if not deleted:
+            return 0
+        (free_pages,) = conn.execute("PRAGMA freelist_count").fetchone()
+        if free_pages >= self._reclaim_pages:
             try:
                 # Moves free pages to the end and truncates them away; unlike
                 # VACUUM it does not rewrite the live rows. It frees one page per

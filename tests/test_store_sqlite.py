@@ -201,6 +201,34 @@ async def test_sweep_and_vacuum_give_the_space_back(tmp_path: Path) -> None:
         await store.close()
 
 
+@pytest.mark.timeout(120)
+async def test_sweeps_of_a_few_rows_each_still_give_the_space_back(tmp_path: Path) -> None:
+    # A maintenance loop sweeps jobs as they expire, a slice at a time: the
+    # space must come back even though no single sweep deletes many rows.
+    store = SqliteStore(str(tmp_path / "jobs.db"))
+    await store.open()
+    try:
+        result = StoredResponse(200, (("content-type", "application/octet-stream"),), b"")
+        now = time.time()
+        for batch in range(20):
+            # Batch n expires n + 1 seconds from now: each sweep below frees 100 rows.
+            expires_at = now + batch + 1
+            await asyncio.gather(
+                *(
+                    store.create(finished(0, expires_at=expires_at, result=_with_body(result)))
+                    for _ in range(100)
+                )
+            )
+        full = on_disk(store.path, wal=False)
+        assert full > 15 * MB
+        for batch in range(20):
+            assert await store.sweep(now + batch + 1.5) == 100
+        assert (await store.list_jobs(owner="a")).records == []
+        assert on_disk(store.path, wal=False) < 2 * MB, (full, on_disk(store.path, wal=False))
+    finally:
+        await store.close()
+
+
 def _with_body(result: StoredResponse) -> StoredResponse:
     # Random bytes, 10 KB: nothing on the way can shrink them.
     return StoredResponse(result.status, result.headers, os.urandom(10_000))
