@@ -176,6 +176,17 @@ class RequestBody(io.RawIOBase):
             # the body between them, so take over once its chunk is in.
             self._fed.clear()
             await self._fed.wait()
+        try:
+            await self._feed()
+        finally:
+            if not self.complete:
+                # Stopped early (the response is out): whatever still reads
+                # the body must not wait for a pump that is gone.
+                self.complete = self.disconnected = True
+                self._fed.set()
+
+    async def _feed(self) -> None:
+        assert self._fed is not None and self._drained is not None
         while True:
             while (
                 not self.complete

@@ -74,6 +74,11 @@ class HttpExchange:
 
     async def _watch_disconnect(self) -> None:
         await self._body.pump()
+        if self._finishing:
+            # Heard once the final chunk is on its way: that is Hypercorn
+            # closing the stream after the response, not the client leaving,
+            # and the app may still be closing its iterable (async work too).
+            return
         assert self._task is not None
         logger.info(
             "client disconnected; cancelling its request",
@@ -153,15 +158,19 @@ class HttpExchange:
                 self._watcher = asyncio.get_running_loop().create_task(self._watch_disconnect())
         if self._started:
             await_only(self._send(body))
-            return
-        self._started = True
-        start: Message = {
-            "type": "http.response.start",
-            "status": self._status,
-            "headers": self._headers,
-        }
-        # One switch to the loop for both messages of a buffered response.
-        await_only(self._send_both(start, body))
+        else:
+            self._started = True
+            start: Message = {
+                "type": "http.response.start",
+                "status": self._status,
+                "headers": self._headers,
+            }
+            # One switch to the loop for both messages of a buffered response.
+            await_only(self._send_both(start, body))
+        if final and self._watcher is not None:
+            # The response is out: nothing is left for a disconnect to cancel,
+            # and the body is drained (the server took the last message).
+            self._watcher.cancel()
 
     async def _send_both(self, first: Message, second: Message) -> None:
         await self._send(first)

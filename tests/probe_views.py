@@ -186,6 +186,29 @@ async def quick() -> Response:
     return jsonify(ok=True)
 
 
+@blueprint.get("/close-awaits")
+async def close_awaits() -> Response:
+    """Stream a body whose close (after the response is out) awaits on the loop."""
+    state = probe_state()
+    await asyncio.sleep(0)  # the app waited: the disconnect watcher runs
+
+    async def finish() -> None:
+        try:
+            await asyncio.sleep(0.2)
+        except asyncio.CancelledError:
+            state.events.append("close cancelled")
+            raise
+        state.events.append("close finished")
+
+    def chunks() -> Iterator[str]:
+        yield "one\n"
+        yield "two\n"
+
+    response = Response(chunks(), mimetype="text/plain")
+    response.call_on_close(current_app.ensure_sync(finish))
+    return response
+
+
 @blueprint.get("/async-stream")
 async def async_stream() -> Any:
     """Stream from an async generator returned by an async view."""

@@ -123,3 +123,20 @@ async def test_a_pump_started_during_a_direct_read_waits_for_it_never_two_receiv
     gone.set()
     await asyncio.wait_for(pump, timeout=5)  # it heard the disconnect
     assert peak == 1
+
+
+async def test_a_read_after_the_pump_was_stopped_fails_instead_of_waiting_forever() -> None:
+    never = asyncio.Event()
+
+    async def receive() -> dict[str, Any]:
+        await never.wait()
+        raise AssertionError("unreachable")
+
+    body = RequestBody(receive, limit=None)
+    pump = asyncio.create_task(body.pump())
+    await asyncio.sleep(0)
+    pump.cancel()  # what the bridge does once the response is out
+    with pytest.raises(asyncio.CancelledError):
+        await pump
+    with pytest.raises(ClientDisconnected):
+        await asyncio.wait_for(run_in_greenlet(body.read), timeout=5)

@@ -385,3 +385,15 @@ async def test_a_def_views_blocking_generator_does_not_stall_async_views(served:
     assert order[-1] == "stream finished" and len(order) == 11, order
     # On the loop thread no async view could run while the generator slept.
     assert "quick during a sleep" in served.probes.events, served.probes.events
+
+
+async def test_async_work_closing_a_streamed_response_is_not_cancelled(served: Served) -> None:
+    async with served.client.get("/probe/close-awaits") as response:
+        assert await response.text() == "one\ntwo\n"
+    # Hypercorn says http.disconnect as soon as the response is out: that
+    # must not cancel the request while its iterable is still being closed.
+    for _ in range(1000):
+        if served.probes.events:
+            break
+        await asyncio.sleep(0.01)
+    assert served.probes.events == ["close finished"]
