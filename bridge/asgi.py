@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from flask import Flask
 
-from bridge.http import HttpExchange, Message, Receive, Send
+from bridge.http import HttpExchange, Message, Receive, Send, answer_unavailable
 from bridge.lifespan import attach_state, serve_lifespan
 
 
@@ -44,5 +44,9 @@ class ASGIBridge:
 
     async def _http(self, scope: Message, receive: Receive, send: Send) -> None:
         app = self.flask_app
-        attach_state(app)
+        if attach_state(app) is None:
+            # After lifespan shutdown (a connection outliving the server's
+            # grace period): the app's resources are closed, it cannot serve.
+            await answer_unavailable(receive, send)
+            return
         await HttpExchange(app, scope, receive, send).serve()

@@ -32,6 +32,43 @@ _FAILURE_BODY = json.dumps(
 ).encode()
 
 
+_UNAVAILABLE_BODY = json.dumps(
+    {
+        "type": "about:blank",
+        "title": "Service Unavailable",
+        "status": 503,
+        "detail": "The server is shutting down.",
+    }
+).encode()
+
+
+async def answer_unavailable(receive: Receive, send: Send) -> None:
+    """Answer 503 problem+json without running the app, and close the connection."""
+    # Take the request body in meanwhile: Hypercorn stops reading once its
+    # queue of body chunks is full, and would then never send the answer.
+    drain = asyncio.get_running_loop().create_task(_drain(receive))
+    try:
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 503,
+                "headers": [
+                    (b"content-type", b"application/problem+json"),
+                    (b"content-length", str(len(_UNAVAILABLE_BODY)).encode()),
+                    (b"connection", b"close"),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": _UNAVAILABLE_BODY})
+    finally:
+        drain.cancel()
+
+
+async def _drain(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
 class HttpExchange:
     """Serve one ASGI HTTP request with a WSGI app, in a greenlet driven by this task.
 

@@ -17,9 +17,18 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_SYNC_THREADS = 64
 
+#: Set in ``app.extensions`` by lifespan shutdown, cleared by a new startup.
+STOPPED_KEY = "bridge.stopped"
 
-def attach_state(app: Flask) -> ServingState:
-    """Return the app's serving state on the running loop, creating it if needed."""
+
+def attach_state(app: Flask) -> ServingState | None:
+    """Return the app's serving state on the running loop, creating it if needed.
+
+    None once the lifespan has shut the app down: its resources are closed,
+    and a new pool made for a late request would never be shut down.
+    """
+    if app.extensions.get(STOPPED_KEY):
+        return None
     state = serving_state(app)
     if state is None:
         threads = int(app.config.get("SYNC_THREADS", DEFAULT_SYNC_THREADS))
@@ -33,7 +42,10 @@ def attach_state(app: Flask) -> ServingState:
 
 async def start_serving(app: Flask) -> None:
     """Open the app's serving state and enter its lifespan hooks in order."""
+    # An explicit startup may serve the app again after an earlier shutdown.
+    app.extensions.pop(STOPPED_KEY, None)
     state = attach_state(app)
+    assert state is not None
     hooks = app.lifespan_hooks if isinstance(app, BridgeFlask) else []
     try:
         for hook in hooks:
@@ -47,6 +59,7 @@ async def start_serving(app: Flask) -> None:
 
 async def stop_serving(app: Flask) -> None:
     """Leave the lifespan hooks in reverse order and release the serving state."""
+    app.extensions[STOPPED_KEY] = True
     state = app.extensions.pop(SERVING_KEY, None)
     if state is None:
         return

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 from flask import Flask
@@ -128,3 +130,42 @@ def test_readyz_is_not_ready_before_startup() -> None:
         "http_session": False,
         "job_store": False,
     }
+
+
+async def test_a_request_after_shutdown_gets_503_and_makes_no_new_pool() -> None:
+    app = create_app()
+    bridge = ASGIBridge(app)
+    async with lifespan(bridge):
+        pass
+    sent: list[dict[str, Any]] = []
+    requests = [{"type": "http.request", "body": b"", "more_body": False}]
+
+    async def receive() -> dict[str, Any]:
+        if requests:
+            return requests.pop()
+        await asyncio.sleep(30)  # the client stays until the answer is out
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": "/healthz",
+        "raw_path": b"/healthz",
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"host", b"t")],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+    }
+    await asyncio.wait_for(bridge(scope, receive, send), timeout=10)
+    assert sent[0]["status"] == 503
+    assert (b"content-type", b"application/problem+json") in sent[0]["headers"]
+    assert json.loads(sent[1]["body"])["status"] == 503
+    # No serving state, so no thread pool, was made for the late request.
+    assert serving_state(app) is None
