@@ -72,7 +72,13 @@ async def stop_serving(app: Flask) -> None:
 
 
 async def serve_lifespan(get_app: Callable[[], Flask], receive: Receive, send: Send) -> None:
-    """Answer the server's lifespan messages until shutdown completes."""
+    """Answer the server's lifespan messages until shutdown completes.
+
+    Any failure but cancellation is reported (``lifespan.*.failed`` with its
+    reason): an error escaping instead would make Hypercorn serve on without
+    lifespan support. Cancellation, KeyboardInterrupt and SystemExit are
+    re-raised once reported (cancellation is not reported at all).
+    """
     app: Flask | None = None
     while True:
         message = await receive()
@@ -80,19 +86,27 @@ async def serve_lifespan(get_app: Callable[[], Flask], receive: Receive, send: S
             try:
                 app = get_app()
                 await start_serving(app)
-            except Exception as exc:
+            except asyncio.CancelledError:
+                raise
+            except BaseException as exc:
                 logger.exception("startup failed")
                 # Hypercorn raises from this send and the server exits non-zero.
                 await send({"type": "lifespan.startup.failed", "message": _reason(exc)})
+                if not isinstance(exc, Exception):
+                    raise
                 return
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
             try:
                 if app is not None:
                     await stop_serving(app)
-            except Exception as exc:
+            except asyncio.CancelledError:
+                raise
+            except BaseException as exc:
                 logger.exception("shutdown failed")
                 await send({"type": "lifespan.shutdown.failed", "message": _reason(exc)})
+                if not isinstance(exc, Exception):
+                    raise
                 return
             await send({"type": "lifespan.shutdown.complete"})
             return

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from flask import Flask
 
 from app import create_app
@@ -74,6 +75,52 @@ async def test_failed_startup_is_reported_with_its_reason_and_undoes_what_opened
     # The session opened before the failing hook was closed again.
     assert SESSION_KEY not in app.extensions and serving_state(app) is None
     assert events == []
+
+
+class _Abort(BaseException):
+    """Not an Exception: what a hook's KeyboardInterrupt or SystemExit looks like."""
+
+
+async def test_a_base_exception_in_startup_is_reported_then_re_raised() -> None:
+    app = create_app()
+
+    async def exits(app: Flask) -> AsyncIterator[None]:
+        raise _Abort("store setup aborted")
+        yield  # pragma: no cover - makes this an async generator
+
+    app.while_serving(exits)
+    driver = LifespanDriver(ASGIBridge(app))
+    driver.start()
+    answer = await driver.ask("lifespan.startup")
+    assert answer == {"type": "lifespan.startup.failed", "message": "_Abort: store setup aborted"}
+    assert driver.task is not None
+    with pytest.raises(_Abort):
+        await driver.task
+    assert serving_state(app) is None
+
+
+async def test_cancelling_startup_is_not_reported_as_a_failure() -> None:
+    app = create_app()
+    entered = asyncio.Event()
+
+    async def slow(app: Flask) -> AsyncIterator[None]:
+        entered.set()
+        await asyncio.sleep(30)
+        yield  # pragma: no cover
+
+    app.while_serving(slow)
+    driver = LifespanDriver(ASGIBridge(app))
+    driver.start()
+    asking = asyncio.create_task(driver.ask("lifespan.startup"))
+    await entered.wait()
+    assert driver.task is not None
+    driver.task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await driver.task
+    asking.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asking
+    assert serving_state(app) is None
 
 
 async def test_a_factory_error_fails_startup_with_the_reason() -> None:
