@@ -49,6 +49,15 @@ DEFAULTS: Mapping[str, Any] = MappingProxyType(
 )
 
 
+#: Settings whose least valid value is above 0 (the rest must be >= 0).
+MINIMUMS: Mapping[str, int] = MappingProxyType(
+    {
+        # A pool of no threads cannot run a plain def view.
+        "SYNC_THREADS": 1,
+    }
+)
+
+
 class SettingsError(ValueError):
     """A setting is unknown or has a value of the wrong type."""
 
@@ -88,5 +97,8 @@ def _check_type(key: str, value: Any, default: Any) -> None:
         raise SettingsError(
             f"setting {key} (env {ENV_PREFIX}_{key}) must be {expected[0].__name__}, got {value!r}"
         )
-    if isinstance(value, int | float) and value < 0:
-        raise SettingsError(f"setting {key} (env {ENV_PREFIX}_{key}) must be >= 0, got {value!r}")
+    minimum = MINIMUMS.get(key, 0)
+    if isinstance(value, int | float) and value < minimum:
+        raise SettingsError(
+            f"setting {key} (env {ENV_PREFIX}_{key}) must be >= {minimum}, got {value!r}"
+        )

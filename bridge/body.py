@@ -39,6 +39,7 @@ class RequestBody(io.RawIOBase):
         #: True while the reader itself awaits ``receive`` (the pump must not).
         self.reading = False
         self._discarding = False
+        self._overflowed = False
         self._reader_waiting = False
         #: True while a reader awaits ``receive`` directly (before the pump owned it).
         self._receiving = False
@@ -50,8 +51,20 @@ class RequestBody(io.RawIOBase):
         """Say that the body can be read (io protocol)."""
         return True
 
+    @property
+    def limit(self) -> int | None:
+        """The most body bytes accepted (None: no limit)."""
+        return self._limit
+
+    @limit.setter
+    def limit(self, value: int | None) -> None:
+        # Flask 3.1 lets a request set its own max_content_length.
+        self._limit = value
+
     def _over_limit(self) -> bool:
-        return self._limit is not None and self.received > self._limit
+        # Once a chunk was dropped for being over the limit, raising the
+        # limit cannot bring it back: the body stays refused.
+        return self._overflowed or (self._limit is not None and self.received > self._limit)
 
     @property
     def over_limit(self) -> bool:
@@ -71,7 +84,9 @@ class RequestBody(io.RawIOBase):
             chunk: bytes = message.get("body", b"")
             self.received += len(chunk)
             self.complete = not message.get("more_body", False)
-            if not self._over_limit() and not self._discarding:
+            if self._over_limit():
+                self._overflowed = True
+            elif not self._discarding:
                 self._buffer += chunk
 
     def _pull(self) -> bool:

@@ -19,7 +19,7 @@ from collections.abc import (
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import IO, Any, TypeVar
 
-from flask import Flask, Response, request
+from flask import Flask, Request, Response, request
 from flask.globals import request_ctx
 from flask.typing import ResponseReturnValue
 from flask.views import MethodView
@@ -121,6 +121,25 @@ def _call_in_worker(
     return view(**view_args)
 
 
+class BridgeRequest(Request):
+    """Flask's request, whose per-request ``max_content_length`` also bounds the bridged body."""
+
+    @property
+    def max_content_length(self) -> int | None:
+        """The most body bytes this request accepts (Flask 3.1: settable per request)."""
+        limit: int | None = super().max_content_length
+        return limit
+
+    @max_content_length.setter
+    def max_content_length(self, value: int | None) -> None:
+        self._max_content_length = value
+        stream = self.environ.get("wsgi.input")
+        if isinstance(stream, RequestBody):
+            # The body enforces the limit itself as it arrives (413 before it
+            # is all taken in); None falls back to the app's setting here too.
+            stream.limit = self.max_content_length
+
+
 class BridgeFlask(Flask):
     """Flask served by :class:`bridge.ASGIBridge`.
 
@@ -137,6 +156,8 @@ class BridgeFlask(Flask):
       default, a private event loop per call (asgiref), and sync views run
       inline. Loop-bound resources opened by the lifespan are absent there.
     """
+
+    request_class = BridgeRequest
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -177,10 +198,13 @@ class BridgeFlask(Flask):
         return call
 
     def preprocess_request(self) -> ResponseReturnValue | None:
-        """Run before-request hooks, then refuse a declared body over MAX_CONTENT_LENGTH.
+        """Run the before-request hooks, then refuse a declared body over the request's limit.
 
-        Werkzeug refuses it only when the body is read; checking here answers
-        413 for every route, before any of the body is taken in.
+        After the hooks on purpose: a hook may set ``request.max_content_length``
+        for its route (Flask 3.1), and a hook's own answer (401, 429) comes
+        first. Werkzeug refuses such a body only when it is read (a hook that
+        reads it gets that 413); checking here answers 413 for every route,
+        from the Content-Length alone, before any of the body is taken in.
         """
         answer = super().preprocess_request()
         if answer is None:

@@ -84,6 +84,7 @@ class HttpExchange:
         self._app = app
         self._scope = scope
         self._send = send
+        # The app's limit; a request may change its own (BridgeRequest).
         self._body = RequestBody(receive, app.config.get("MAX_CONTENT_LENGTH"))
         self._status = 500
         self._headers: list[tuple[bytes, bytes]] = []

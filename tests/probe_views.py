@@ -41,6 +41,8 @@ class ProbeState:
     events: list[str] = field(default_factory=list)
     #: Blocking generators asleep now (set in pool threads, read on the loop).
     blocking_sleeps: int = 0
+    #: What /probe/sync-wait blocks its worker thread on until the test sets it.
+    release: threading.Event = field(default_factory=threading.Event)
 
 
 def probe_state() -> ProbeState:
@@ -129,6 +131,16 @@ def sleepy() -> Response:
     seconds = float(request.args.get("seconds", "0.5"))
     time.sleep(seconds)
     return jsonify(slept=seconds)
+
+
+@blueprint.get("/sync-wait")
+def sync_wait() -> Response:
+    """Block the worker thread until the test sets ``release`` (a plain def view)."""
+    state = probe_state()
+    state.events.append("sync-wait started")
+    released = state.release.wait(timeout=30)
+    state.events.append("sync-wait finished")
+    return jsonify(released=released)
 
 
 @blueprint.get("/sync-calls-async")
@@ -237,6 +249,19 @@ async def hang() -> Response:
 @blueprint.post("/body-size")
 async def body_size() -> Response:
     """Read the whole body and answer its size."""
+    return jsonify(size=len(request.get_data()))
+
+
+@blueprint.before_request
+def own_body_limit() -> None:
+    """Give /probe/own-limit-body-size the body limit its ``limit`` argument names."""
+    if request.endpoint == "probe.own_limit_body_size":
+        request.max_content_length = int(request.args["limit"])
+
+
+@blueprint.post("/own-limit-body-size")
+async def own_limit_body_size() -> Response:
+    """Read the whole body under this request's own limit and answer its size."""
     return jsonify(size=len(request.get_data()))
 
 

@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import logging
 import time
+from collections.abc import Callable
 
 import aiohttp
 import pytest
 
+from bridge import serving_state
 from tests.conftest import Served
 from tests.serving import serve_probes
 from tests.upstream import FakeUpstream
@@ -397,3 +400,56 @@ async def test_async_work_closing_a_streamed_response_is_not_cancelled(served: S
             break
         await asyncio.sleep(0.01)
     assert served.probes.events == ["close finished"]
+
+
+async def test_a_requests_own_max_content_length_bounds_its_body(served: Served) -> None:
+    limit = served.app.config["MAX_CONTENT_LENGTH"]
+    big = b"r" * (limit + limit // 2)
+
+    async def chunked(data: bytes) -> object:
+        for start in range(0, len(data), 65536):
+            yield data[start : start + 65536]
+
+    # Raised for this request (Flask 3.1 request.max_content_length) above the app's limit.
+    raised = f"/probe/own-limit-body-size?limit={2 * limit}"
+    async with served.client.post(raised, data=io.BytesIO(big)) as response:
+        assert response.status == 200, await response.text()
+        assert await response.json() == {"size": len(big)}
+    async with served.client.post(raised, data=chunked(big)) as response:
+        assert response.status == 200, await response.text()
+        assert await response.json() == {"size": len(big)}
+    # Lowered for this request: a small body over it is refused.
+    lowered = "/probe/own-limit-body-size?limit=1000"
+    async with served.client.post(lowered, data=chunked(b"s" * 5000)) as response:
+        assert response.status == 413
+    async with served.client.post(lowered, data=b"s" * 1000) as response:
+        assert await response.json() == {"size": 1000}
+
+
+async def test_a_cancelled_def_view_counts_as_running_until_its_thread_is_done(
+    served: Served, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="bridge.http")
+    state = serving_state(served.app)
+    assert state is not None
+    host, port = served.url.removeprefix("http://").split(":")
+    _, writer = await asyncio.open_connection(host, int(port))
+    writer.write(b"GET /probe/sync-wait HTTP/1.1\r\nHost: t\r\n\r\n")
+    await writer.drain()
+    await _until(lambda: served.probes.events == ["sync-wait started"])
+    writer.close()  # the client goes away: its request is cancelled
+    await writer.wait_closed()
+    await _until(lambda: "client disconnected" in caplog.text)
+    # The request gave up on the view, but the view still holds its thread.
+    assert state.sync_running == 1
+    served.probes.release.set()
+    await _until(lambda: state.sync_running == 0)
+    assert served.probes.events == ["sync-wait started", "sync-wait finished"]
+
+
+async def _until(condition: Callable[[], bool]) -> None:
+    for _ in range(3000):  # generous: the machine is shared
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the condition never came true")

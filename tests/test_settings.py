@@ -32,6 +32,7 @@ def test_environment_overrides_defaults_and_the_mapping_overrides_both(
         ({"FANOUT_SYNC_THREADS": "eight"}, "SYNC_THREADS (env FANOUT_SYNC_THREADS) must be int"),
         ({"FANOUT_KEEPALIVE_SECONDS": "true"}, "KEEPALIVE_SECONDS"),
         ({"FANOUT_MAX_CONTENT_LENGTH": "-1"}, "must be >= 0"),
+        ({"FANOUT_SYNC_THREADS": "0"}, "FANOUT_SYNC_THREADS) must be >= 1, got 0"),
     ],
 )
 def test_bad_settings_are_refused_with_their_name(
@@ -46,3 +47,8 @@ def test_bad_settings_are_refused_with_their_name(
 
 def test_a_float_setting_accepts_an_int() -> None:
     assert create_app({"KEEPALIVE_SECONDS": 5}).config["KEEPALIVE_SECONDS"] == 5
+
+
+def test_a_pool_of_no_threads_is_refused_from_the_mapping_too() -> None:
+    with pytest.raises(SettingsError, match=r"SYNC_THREADS .* must be >= 1"):
+        create_app({"SYNC_THREADS": 0})
