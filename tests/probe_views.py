@@ -43,6 +43,10 @@ class ProbeState:
     blocking_sleeps: int = 0
     #: What /probe/sync-wait blocks its worker thread on until the test sets it.
     release: threading.Event = field(default_factory=threading.Event)
+    #: /probe/occupy views running now and at most at once (under ``lock``).
+    occupying: int = 0
+    occupying_peak: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 def probe_state() -> ProbeState:
@@ -129,7 +133,10 @@ async def _context_reader() -> Any:
 def sleepy() -> Response:
     """Block for ``seconds`` (default 0.5; a plain def view: runs in the thread pool)."""
     seconds = float(request.args.get("seconds", "0.5"))
+    events = probe_state().events
+    events.append("sleepy started")
     time.sleep(seconds)
+    events.append("sleepy finished")
     return jsonify(slept=seconds)
 
 
@@ -141,6 +148,21 @@ def sync_wait() -> Response:
     released = state.release.wait(timeout=30)
     state.events.append("sync-wait finished")
     return jsonify(released=released)
+
+
+@blueprint.get("/occupy")
+def occupy() -> Response:
+    """Hold a worker thread until the test sets ``release``, counting how many do at once."""
+    state = probe_state()
+    with state.lock:
+        state.occupying += 1
+        state.occupying_peak = max(state.occupying_peak, state.occupying)
+    try:
+        state.release.wait(timeout=30)
+    finally:
+        with state.lock:
+            state.occupying -= 1
+    return jsonify(thread=threading.current_thread().name)
 
 
 @blueprint.get("/sync-calls-async")

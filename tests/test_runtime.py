@@ -75,21 +75,24 @@ async def test_blocking_sync_view_does_not_delay_async_views(served: Served) -> 
     finished: list[str] = []
 
     async def sleepy() -> None:
-        # 2 s: time for 20 quick requests on a loaded machine.
-        async with served.client.get("/probe/sleepy?seconds=2") as response:
+        async with served.client.get("/probe/sleepy?seconds=0.5") as response:
             assert response.status == 200
         finished.append("sleepy")
 
-    async def quick(n: int) -> None:
-        await asyncio.sleep(0.05)  # let the sleepy request start first
-        async with served.client.post("/probe/echo", json={"tag": str(n)}) as response:
+    async def quick() -> None:
+        async with served.client.get("/probe/quick") as response:
             assert response.status == 200
         finished.append("quick")
 
-    await asyncio.gather(sleepy(), *(quick(n) for n in range(20)))
-    # Every async request was answered while the sync view was still asleep.
-    assert finished[-1] == "sleepy"
-    assert finished.count("quick") == 20
+    sleeping = asyncio.create_task(sleepy())
+    # The server says the def view is asleep before any async request is sent.
+    await _until(lambda: "sleepy started" in served.probes.events)
+    await asyncio.gather(*(quick() for _ in range(20)))
+    await sleeping
+    # Every async request was answered while the def view was still asleep.
+    assert finished == ["quick"] * 20 + ["sleepy"]
+    assert served.probes.events[0] == "sleepy started"
+    assert served.probes.events[-1] == "sleepy finished"
 
 
 async def test_request_g_and_app_context_stay_intact_under_300_concurrent_requests(
@@ -453,3 +456,30 @@ async def _until(condition: Callable[[], bool]) -> None:
             return
         await asyncio.sleep(0.01)
     raise AssertionError("the condition never came true")
+
+
+async def test_the_pool_size_is_the_sync_threads_setting(upstream: FakeUpstream) -> None:
+    async with (
+        serve_probes(upstream.url, {"SYNC_THREADS": 2}) as (url, app),
+        aiohttp.ClientSession(url) as client,
+    ):
+        state = serving_state(app)
+        assert state is not None
+        assert state.pool._max_workers == 2
+        probes = app.extensions["tests.probe_state"]
+
+        async def occupy() -> str:
+            async with client.get("/probe/occupy") as response:
+                assert response.status == 200
+                answer: str = (await response.json())["thread"]
+                return answer
+
+        views = [asyncio.create_task(occupy()) for _ in range(3)]
+        # All three views handed to the pool, two of them blocked in it...
+        await _until(lambda: state.sync_running == 3 and probes.occupying >= 2)
+        # ...and a moment for a third thread to start, were there one.
+        await asyncio.sleep(0.2)
+        probes.release.set()
+        threads = await asyncio.gather(*views)
+    assert probes.occupying_peak == 2
+    assert len(set(threads)) == 2
