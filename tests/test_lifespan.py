@@ -36,6 +36,30 @@ async def test_startup_opens_the_session_on_the_running_loop_and_shutdown_closes
     assert serving_state(app) is None
 
 
+async def test_the_shared_session_is_built_from_the_settings() -> None:
+    app = create_app(
+        {
+            "CONNECTOR_LIMIT": 77,
+            "CONNECTOR_LIMIT_PER_HOST": 11,
+            "DNS_CACHE_SECONDS": 7,
+            "KEEPALIVE_SECONDS": 3.5,
+        }
+    )
+    async with lifespan(ASGIBridge(app)):
+        session = http_session(app)
+        # No proxy or netrc from the environment; no cookies kept between calls.
+        assert session.trust_env is False
+        assert isinstance(session.cookie_jar, aiohttp.DummyCookieJar)
+        connector = session.connector
+        assert isinstance(connector, aiohttp.TCPConnector)
+        assert (connector.limit, connector.limit_per_host) == (77, 11)
+        assert connector.use_dns_cache
+        assert connector._cached_hosts._ttl == 7
+        assert connector._keepalive_timeout == 3.5
+        # Deadlines are per call, not the session's.
+        assert session.timeout.total is None
+
+
 async def test_hooks_start_in_order_and_stop_in_reverse() -> None:
     app = create_app()
     events: list[str] = []
