@@ -201,12 +201,15 @@ def blocking_stream() -> Response:
     seconds = float(request.args.get("seconds", "0.3"))
 
     def chunks() -> Iterator[str]:
-        for n in range(count):
-            if n:
-                state.blocking_sleeps += 1
-                time.sleep(seconds)
-                state.blocking_sleeps -= 1
-            yield f"blocking chunk {n}\n"
+        try:
+            for n in range(count):
+                if n:
+                    state.blocking_sleeps += 1
+                    time.sleep(seconds)
+                    state.blocking_sleeps -= 1
+                yield f"blocking chunk {n}\n"
+        finally:
+            state.events.append(f"blocking stream closed in the {_thread_kind()}")
 
     return Response(chunks(), mimetype="text/plain")
 

@@ -416,6 +416,26 @@ async def test_a_def_views_blocking_generator_does_not_stall_async_views(served:
     assert "quick during a sleep" in served.probes.events, served.probes.events
 
 
+async def test_a_def_views_generator_cut_off_by_the_client_is_closed_in_the_pool(
+    served: Served,
+) -> None:
+    host, port = served.url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(b"GET /probe/blocking-stream?chunks=100&seconds=0.3 HTTP/1.1\r\nHost: t\r\n\r\n")
+    await writer.drain()
+    await reader.readuntil(b"blocking chunk 0\n")
+    writer.close()  # mid-stream, while the generator sleeps in its thread
+    await writer.wait_closed()
+    await _until(lambda: any("closed" in event for event in served.probes.events))
+    # Closed once its running chunk was done, in the thread, not on the loop.
+    assert [e for e in served.probes.events if "closed" in e] == [
+        "blocking stream closed in the pool"
+    ]
+    state = serving_state(served.app)
+    assert state is not None
+    await _until(lambda: state.sync_running == 0)
+
+
 async def test_async_work_closing_a_streamed_response_is_not_cancelled(served: Served) -> None:
     async with served.client.get("/probe/close-awaits") as response:
         assert await response.text() == "one\ntwo\n"
