@@ -437,15 +437,18 @@ async def _resolves(host: str) -> bool:
     return True
 
 
-@pytest.mark.parametrize(("form", "template"), SSRF_FORMS, ids=[f[0] for f in SSRF_FORMS])
+# DNS rebinding needs a name that resolves to loopback through the gateway's
+# own resolver, which a test cannot inject into the served app:
+# tests/test_safety.py tries it on a guarded session with a fake resolver.
+GATEWAY_SSRF_FORMS = [form for form in SSRF_FORMS if form[0] != "DNS rebinding"]
+
+
+@pytest.mark.parametrize(
+    ("form", "template"), GATEWAY_SSRF_FORMS, ids=[f[0] for f in GATEWAY_SSRF_FORMS]
+)
 async def test_every_ssrf_form_is_refused_through_the_proxy(
     form: str, template: str, ssrf_listener: Listener, tmp_path: Path
 ) -> None:
-    if form == "DNS rebinding":
-        pytest.skip(
-            "needs a DNS server answering a public name with loopback; "
-            "tests/test_safety.py covers it with a fake resolver"
-        )
     url = form_url(template, ssrf_listener).rstrip("/")
     config = f'[upstreams.target]\nbase_url = "{url}"\n'
     if form in REFUSED_BY_CONFIG:
