@@ -237,7 +237,9 @@ class RequestBody(io.RawIOBase):
         while self._limit is not None and self.received >= self._limit and not self.complete:
             self._pull()
         data = bytes(self._buffer[:size])
-        del self._buffer[:size]
+        # Delete what was taken, not ``size``: a def view reads in a worker
+        # thread while the pump may append on the loop thread in between.
+        del self._buffer[: len(data)]
         self._signal_drained()
         return data
 

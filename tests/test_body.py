@@ -49,6 +49,31 @@ async def test_reads_only_as_much_as_asked() -> None:
     assert len(receive.taken) == 2
 
 
+class _GrowsWhileSliced(bytearray):
+    """A buffer the pump appends to right after a reader copied from it.
+
+    What a pump on the loop thread may do between a def view's copy and its
+    delete in its worker thread; here it happens every time.
+    """
+
+    def __getitem__(self, index: Any) -> Any:
+        taken = super().__getitem__(index)
+        if isinstance(index, slice):
+            self.extend(b"+" * 3)
+        return taken
+
+
+async def test_bytes_arriving_during_a_read_are_kept_for_the_next() -> None:
+    body = RequestBody(_receiver([b"abcd"]), limit=None)
+
+    def work() -> list[bytes]:
+        first = body.read(2)  # takes the whole (only) chunk in
+        body._buffer = _GrowsWhileSliced(body._buffer)
+        return [first, body.read(10), bytes(body._buffer)]  # more asked than there is
+
+    assert await run_in_greenlet(work) == [b"ab", b"cd", b"+++"]
+
+
 async def test_over_the_limit_raises_413_before_taking_in_the_rest() -> None:
     receive = _receiver([b"x" * 40] * 100)
     body = RequestBody(receive, limit=100)
