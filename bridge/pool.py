@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import inspect
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
@@ -101,7 +102,14 @@ class PoolIterator(Iterator[T]):
             # The request was cancelled while a chunk was being produced. The
             # generator cannot be closed while it runs: close it in its thread
             # right after, without making the cancelled request wait.
-            running.add_done_callback(lambda _: self._context.run(close))
+            # Submitted from the loop thread (submit counts it there), whichever
+            # thread the callback runs in: the worker that finished the chunk,
+            # or this one if it finished just now.
+            loop = self._state.loop
+            job = functools.partial(self._context.run, close)
+            running.add_done_callback(
+                lambda _: loop.is_closed() or loop.call_soon_threadsafe(submit, self._state, job)
+            )
             return
         job = submit(self._state, lambda: self._context.run(close))
         if in_bridge_greenlet():
