@@ -202,6 +202,15 @@ class MemoryStore:
         """Pending or running jobs whose lease ended before ``now``."""
         return [r for r in self._records.values() if r.status in ACTIVE and _lapsed(r, now)]
 
+    async def count_active(self) -> dict[tuple[str, str], int]:
+        """How many pending and running jobs there are, by (kind, status)."""
+        counts: dict[tuple[str, str], int] = {}
+        for record in self._records.values():
+            if record.status in ACTIVE:
+                key = (record.kind, str(record.status))
+                counts[key] = counts.get(key, 0) + 1
+        return counts
+
     async def sweep(self, now: float) -> int:
         """Delete finished jobs whose expires_at has passed; return how many."""
         gone = [r.id for r in self._records.values() if r.status.final and _expired(r, now)]

@@ -45,6 +45,8 @@ from jobs.memory_store import ACTIVE, check_limit, decode_cursor, page_of
 from jobs.model import JobRecord, JobStatus, Progress, StoredResponse
 from jobs.store import Page, StaleRecord, StoreUnavailable
 
+_ACTIVE_NAMES = frozenset(str(status) for status in ACTIVE)
+
 #: Ids per script call in sweep and renew_leases: bounds how long one script
 #: blocks the server (Redis serves nothing else while a script runs).
 _BATCH = 500
@@ -275,6 +277,8 @@ def _encode(record: JobRecord) -> dict[str, str | bytes]:
     fields: dict[str, str | bytes] = {
         "data": json.dumps(data, separators=(",", ":")),
         "status": record.status.value,
+        # Also beside data: count_active reads kind and status alone.
+        "kind": record.kind,
         "cancel": "1" if record.cancel_requested else "0",
     }
     if record.lease_until is not None:
@@ -632,6 +636,34 @@ class RedisStore:
             and r.lease_until is not None
             and r.lease_until < now
         ]
+
+    async def count_active(self) -> dict[tuple[str, str], int]:
+        """How many pending and running jobs there are, by (kind, status).
+
+        Every active job holds a lease, so the lease index lists them all; of
+        each, only its kind and status are fetched, not the whole record.
+        """
+        with _unavailable():
+            ids = _texts(await self.redis.zrange(self._leases, 0, -1))
+            if not ids:
+                return {}
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for job_id in ids:
+                    pipe.hmget(self._job_key(job_id), ["kind", "status"])
+                replies: list[list[bytes | None]] = await pipe.execute()
+            counts: dict[tuple[str, str], int] = {}
+            for job_id, (kind, status) in zip(ids, replies, strict=True):
+                if status is None or status.decode() not in _ACTIVE_NAMES:
+                    continue  # deleted, or finished, since the index was read
+                if kind is None:
+                    # Written before records carried kind beside data.
+                    data = await self.redis.hget(self._job_key(job_id), "data")
+                    if data is None:
+                        continue
+                    kind = json.loads(data)["kind"].encode()
+                key = (kind.decode(), status.decode())
+                counts[key] = counts.get(key, 0) + 1
+        return counts
 
     async def sweep(self, now: float) -> int:
         """Delete finished jobs whose expires_at has passed; return how many."""

@@ -319,6 +319,16 @@ class SqliteStore:
         """Delete finished jobs whose expires_at has passed; return how many."""
         return await self._call(lambda conn: self._sweep(conn, now))
 
+    async def count_active(self) -> dict[tuple[str, str], int]:
+        """How many pending and running jobs there are, by (kind, status)."""
+        # Counted in SQL: the scrape that asks must not decode every record.
+        sql = (
+            "SELECT kind, status, count(*) FROM jobs"
+            " WHERE status IN ('pending', 'running') GROUP BY kind, status"
+        )
+        rows = await self._call(lambda conn: conn.execute(sql).fetchall())
+        return {(kind, status): count for kind, status, count in rows}
+
     async def vacuum(self) -> None:
         """Rebuild the file to its smallest size and empty the WAL (slow on big files).
 

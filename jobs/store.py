@@ -97,3 +97,6 @@ class JobStore(Protocol):
 
     async def sweep(self, now: float) -> int:
         """Delete finished jobs whose expires_at has passed; return how many."""
+
+    async def count_active(self) -> dict[tuple[str, str], int]:
+        """How many pending and running jobs there are, by (kind, status); reads no records."""

@@ -457,6 +457,24 @@ class StoreContract:
         assert await store.get(pending.id) == pending
         assert await store.delete(running.id) is True
 
+    async def test_count_active_counts_pending_and_running_by_kind(self, store: JobStore) -> None:
+        now = time.time()
+        # As the registry makes them: every active job holds its worker's lease.
+        for kind in ("report", "report", "batch"):
+            await store.create(job(kind=kind, worker="w", lease_until=now + 30))
+        running = await store.create(job(worker="w", lease_until=now + 30))
+        await store.replace(
+            start(running, worker="w", now=now, lease_until=now + 30), expected=JobStatus.PENDING
+        )
+        await store.create(finished(HOUR, kind="batch"))
+        gone = await store.create(job(kind="batch", worker="w", lease_until=now + 30))
+        await store.delete(gone.id)
+        assert await store.count_active() == {
+            ("report", "pending"): 2,
+            ("batch", "pending"): 1,
+            ("report", "running"): 1,
+        }
+
     async def test_concurrent_replaces_let_exactly_one_win(self, store: JobStore) -> None:
         record = await store.create(job())
         now = time.time()

@@ -345,3 +345,11 @@ async def test_sweep_removes_ten_thousand_big_jobs_and_every_key(
     assert await store.sweep(now) == 0
     assert await store.sweep(now + 2 * HOUR) == 10_000
     assert await _keys(redis_url, prefix) == []
+
+
+async def test_records_written_without_the_kind_field_are_still_counted(store: RedisStore) -> None:
+    now = time.time()
+    record = await store.create(job(kind="batch", worker="w", lease_until=now + 30))
+    # As a record written before kind was kept beside data.
+    await store.redis.hdel(store._job_key(record.id), "kind")
+    assert await store.count_active() == {("batch", "pending"): 1}
