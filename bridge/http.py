@@ -56,6 +56,8 @@ async def answer_unavailable(receive: Receive, send: Send) -> None:
                     (b"content-type", b"application/problem+json"),
                     (b"content-length", str(len(_UNAVAILABLE_BODY)).encode()),
                     (b"connection", b"close"),
+                    # Another instance, or this one restarted, can take it.
+                    (b"retry-after", b"1"),
                 ],
             }
         )

@@ -237,6 +237,7 @@ async def test_a_request_after_shutdown_gets_503_and_makes_no_new_pool() -> None
     await asyncio.wait_for(bridge(scope, receive, send), timeout=10)
     assert sent[0]["status"] == 503
     assert (b"content-type", b"application/problem+json") in sent[0]["headers"]
+    assert (b"retry-after", b"1") in sent[0]["headers"]
     assert json.loads(sent[1]["body"])["status"] == 503
     # No serving state, so no thread pool, was made for the late request.
     assert serving_state(app) is None
