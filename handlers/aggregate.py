@@ -18,7 +18,7 @@ from core.config import BackendConfig, EndpointConfig
 from core.merge import Part, filter_fields
 from core.paths import PathTemplate, append_query
 from errors import PROBLEM_JSON, upstream_status
-from handlers.jobs import prefers_async, start_job
+from handlers.jobs import prefers_async, request_params, start_job
 from jobs.model import StoredResponse
 from request_ids import HEADER, current_request_id
 from resources import upstreams
@@ -70,9 +70,11 @@ async def aggregate(
         return await fan_out(pool, endpoint, paths, body=body, request_id=request_id)
 
     if endpoint.background or prefers_async():
-        params = {"method": endpoint.method, "path": request.full_path.rstrip("?")}
         return await start_job(
-            "endpoint", lambda _context: run(), params=params, time_limit=endpoint.timeout
+            "endpoint",
+            lambda _context: run(),
+            params=request_params(body),
+            time_limit=endpoint.timeout,
         )
     answer = await run()
     return Response(answer.body, status=answer.status, headers=list(answer.headers))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import io
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -27,6 +28,18 @@ MAX_WAIT_SECONDS = 60.0
 MAX_PAGE = 100
 #: What pollers are told to wait between polls, in seconds.
 RETRY_AFTER = "1"
+
+
+def request_params(body: bytes | None) -> dict[str, str]:
+    """The current request as a job's params: a reused Idempotency-Key is told apart by them.
+
+    The body enters as its SHA-256 digest: the same key sent with another
+    body is another request (422), and the record stays small.
+    """
+    params = {"method": request.method, "path": request.full_path.rstrip("?")}
+    if body:
+        params["body_sha256"] = hashlib.sha256(body).hexdigest()
+    return params
 
 
 def prefers_async() -> bool:
@@ -144,9 +157,7 @@ def background_view(
                     response.status_code, tuple(response.headers.items()), response.get_data()
                 )
 
-        # The request as params: a key reused for another path is told apart.
-        params = {"method": request.method, "path": request.full_path.rstrip("?")}
-        return await start_job(f"view:{request.endpoint}", run, params=params)
+        return await start_job(f"view:{request.endpoint}", run, params=request_params(body))
 
     return start_view
 

@@ -66,6 +66,14 @@ background = true
   [[endpoints.backends]]
   upstream = "fault"
   path = "/users/{{user_id}}"
+
+[[endpoints]]
+path = "/orders"
+method = "POST"
+background = true
+  [[endpoints.backends]]
+  upstream = "fault"
+  path = "/echo/orders"
 """
 
 
@@ -457,6 +465,16 @@ async def test_an_idempotency_key_reused_for_another_request_is_422(gateway: Gat
     assert status == 422
     _, _, listing = await _json(gateway, "GET", "/jobs")
     assert [j["id"] for j in listing["jobs"]] == [first["id"]]
+
+
+async def test_an_idempotency_key_reused_with_another_body_is_422(gateway: Gateway) -> None:
+    key = {"Idempotency-Key": "order-79"}
+    status, _, first = await _json(gateway, "POST", "/orders", json={"n": 1}, headers=key)
+    assert status == 202
+    status, _, again = await _json(gateway, "POST", "/orders", json={"n": 1}, headers=key)
+    assert status == 202 and again["id"] == first["id"]
+    status, _, problem = await _json(gateway, "POST", "/orders", json={"n": 2}, headers=key)
+    assert status == 422 and problem["status"] == 422
 
 
 def _orphan(lease_in: float) -> JobRecord:
