@@ -100,15 +100,17 @@ class PoolIterator(Iterator[T]):
         running, self._running = self._running, None
         if running is not None and not running.done():
             # The request was cancelled while a chunk was being produced. The
-            # generator cannot be closed while it runs: close it in its thread
-            # right after, without making the cancelled request wait.
-            # Submitted from the loop thread (submit counts it there), whichever
-            # thread the callback runs in: the worker that finished the chunk,
-            # or this one if it finished just now.
+            # generator cannot be closed while it runs: close it in the pool
+            # right after, without making the cancelled request wait. Submitted
+            # from the loop thread (submit counts it there), whichever thread
+            # the callback runs in: the worker that finished the chunk, or this
+            # one if it finished just now.
             loop = self._state.loop
-            job = functools.partial(self._context.run, close)
+            closing = functools.partial(self._context.run, close)
             running.add_done_callback(
-                lambda _: loop.is_closed() or loop.call_soon_threadsafe(submit, self._state, job)
+                lambda _: (
+                    loop.is_closed() or loop.call_soon_threadsafe(submit, self._state, closing)
+                )
             )
             return
         job = submit(self._state, lambda: self._context.run(close))
