@@ -159,15 +159,24 @@ async def test_two_hypercorn_workers_on_one_port_always_find_the_job(
     fresh = aiohttp.TCPConnector(force_close=True)
     try:
         async with aiohttp.ClientSession(connector=fresh) as client:
-            ids = []
+            ids: list[str] = []
             body = {"upstream": "fault", "path": "/json?ms=50&i={item}", "items": [1]}
-            for _ in range(20):
-                status, job = await _call(client, "POST", f"{url}/jobs/batch", json=body)
-                assert status == 202
-                ids.append(job["id"])
-            # Both workers took some of them (each job holds its worker's id).
-            with closing(sqlite3.connect(path)) as conn:
-                workers = {row[0] for row in conn.execute("SELECT worker FROM jobs")}
+            workers: set[str] = set()
+            # /readyz answered once one worker was up; the other may still be
+            # starting, and the kernel hands a connection to either: start
+            # jobs, 10 at a time, until both workers took some (each job holds
+            # its worker's id).
+            for _ in range(30):
+                started = await asyncio.gather(
+                    *(_call(client, "POST", f"{url}/jobs/batch", json=body) for _ in range(10))
+                )
+                assert [status for status, _ in started] == [202] * 10
+                ids.extend(job["id"] for _, job in started)
+                with closing(sqlite3.connect(path)) as conn:
+                    workers = {row[0] for row in conn.execute("SELECT worker FROM jobs")}
+                if len(workers) == 2:
+                    break
+                await asyncio.sleep(0.2)
             assert len(workers) == 2, workers
             answers = []
             for n in range(50):
