@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from jobs import model
+from jobs.memory_trim import trim_free_memory
 from jobs.model import JobRecord, JobStatus, Progress, StoredResponse
 from jobs.store import JobStore, StaleRecord, StoreUnavailable
 
@@ -33,6 +34,9 @@ class JobLimits:
     poll_seconds: float = 0.5
     #: How often expired jobs are swept from the store.
     sweep_seconds: float = 60.0
+    #: Once sweeps removed this many jobs in all, free memory is handed back
+    #: to the system (0: never).
+    trim_after_swept: int = 1000
 
 
 class QueueFull(RuntimeError):
@@ -157,8 +161,12 @@ class JobRegistry:
         worker_id: str | None = None,
         clock: Callable[[], float] = time.time,
         observer: JobObserver | None = None,
+        trim: Callable[[], object] = trim_free_memory,
     ) -> None:
         self.store = store
+        self._trim = trim
+        #: Jobs swept since memory was last handed back.
+        self._swept_untrimmed = 0
         self._observer = observer
         self.limits = limits
         self.worker_id = worker_id or uuid.uuid4().hex
@@ -508,12 +516,22 @@ class JobRegistry:
                 await self._maintain_once()
                 if self._clock() - last_sweep >= self.limits.sweep_seconds:
                     last_sweep = self._clock()
-                    await self.store.sweep(last_sweep)
+                    await self._sweep(last_sweep)
             except StoreUnavailable:
                 logger.warning("job store unavailable; will retry")
             except Exception:
                 # The loop must survive anything; the error is logged, not hidden.
                 logger.exception("job maintenance failed; will retry")
+
+    async def _sweep(self, now: float) -> None:
+        self._swept_untrimmed += await self.store.sweep(now)
+        threshold = self.limits.trim_after_swept
+        if threshold and self._swept_untrimmed >= threshold:
+            # Freed results (in this process with the memory store, and the
+            # buffers that carried them with any store) stay resident otherwise.
+            # In a thread: trimming a big heap takes a few milliseconds.
+            self._swept_untrimmed = 0
+            await asyncio.to_thread(self._trim)
 
     async def _maintain_once(self) -> None:
         now = self._clock()

@@ -1,4 +1,4 @@
-"""10,000 finished jobs with 10 KB results, end to end on SQLite and Redis.
+"""10,000 finished jobs with 10 KB results, end to end in memory, on SQLite and on Redis.
 
 The jobs run through the served app's own registry (``submit``), and its own
 maintenance loop sweeps them once their result_ttl has passed: nothing here
@@ -22,9 +22,11 @@ from pathlib import Path
 
 import pytest
 
+from jobs.memory_store import MemoryStore
 from jobs.model import StoredResponse
 from jobs.registry import JobContext, JobRegistry
 from jobs.sqlite_store import WAL_SIZE_LIMIT
+from jobs.store import JobStore
 from resources import job_registry
 from tests.gateway_serving import gateway_serving
 from tests.redis_server import _keys, delete_prefix, new_prefix
@@ -34,9 +36,11 @@ logger = logging.getLogger(__name__)
 JOBS = 10_000
 RESULT_BYTES = 10 * 1024
 #: Long enough for all 10,000 to be stored at once on a loaded machine:
-#: writing them took 10.7 s on a quiet one, and past 20 s with two busy
-#: loops beside the suite (the first ones had expired before the last).
+#: writing them to SQLite or Redis took 10.7 s on a quiet one, and past 20 s
+#: with two busy loops beside the suite (the first ones had expired before
+#: the last); to memory, 0.8 s.
 RESULT_TTL = 40.0
+MEMORY_RESULT_TTL = 10.0
 MB = 1024 * 1024
 
 #: What a store holds: bytes of its database file and of its write-ahead log
@@ -49,27 +53,37 @@ class Backend:
     """A store under test and how to weigh it."""
 
     url: str
-    size: Callable[[], Awaitable[Size]]
+    result_ttl: float
+    #: Weighs the store, given the served registry's store object.
+    size: Callable[[JobStore], Awaitable[Size]]
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+@pytest.fixture(params=["memory", "sqlite", "redis"])
 async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
-    """A SQLite file, or a key prefix on the real Redis (cleaned up after)."""
+    """The process's memory, a SQLite file, or a key prefix on the real Redis (cleaned up after)."""
+    if request.param == "memory":
+
+        async def records(store: JobStore) -> Size:
+            assert isinstance(store, MemoryStore)
+            return {"count": len(store._records)}
+
+        yield Backend("memory://", MEMORY_RESULT_TTL, records)
+        return
     if request.param == "sqlite":
         path = tmp_path / "jobs.db"
 
-        async def on_disk() -> Size:
+        async def on_disk(_store: JobStore) -> Size:
             return await asyncio.to_thread(_weigh_sqlite, path)
 
-        yield Backend(f"sqlite:///{path}", on_disk)
+        yield Backend(f"sqlite:///{path}", RESULT_TTL, on_disk)
         return
     redis_url: str = request.getfixturevalue("redis_url")
     prefix = new_prefix()
 
-    async def keys() -> Size:
+    async def keys(_store: JobStore) -> Size:
         return {"count": len(await _keys(redis_url, prefix))}
 
-    yield Backend(f"{redis_url}?prefix={prefix}", keys)
+    yield Backend(f"{redis_url}?prefix={prefix}", RESULT_TTL, keys)
     await delete_prefix(redis_url, prefix)
 
 
@@ -115,11 +129,11 @@ async def _run_jobs(registry: JobRegistry, count: int) -> list[str]:
     return ids
 
 
-_CONFIG = f"""
+_CONFIG = """
 [jobs]
 max_running = 200
-max_pending = {JOBS}
-result_ttl = {RESULT_TTL}
+max_pending = {jobs}
+result_ttl = {result_ttl}
 """
 
 
@@ -128,18 +142,23 @@ async def test_ten_thousand_finished_jobs_leave_nothing_after_their_ttl(
     backend: Backend, tmp_path: Path
 ) -> None:
     settings = {"JOB_STORE": backend.url, "JOB_SWEEP_SECONDS": 0.5, "JOB_POLL_SECONDS": 0.2}
-    async with gateway_serving(_CONFIG, tmp_path, settings) as gateway:
+    config = _CONFIG.format(jobs=JOBS, result_ttl=backend.result_ttl)
+    async with gateway_serving(config, tmp_path, settings) as gateway:
         registry = job_registry(gateway.app)
         # A first round builds what is built once (connection pool, caches),
         # so that the baseline has it. Not measured: deleted, not left to expire.
         for job_id in await _run_jobs(registry, 200):
             assert await registry.store.delete(job_id)
-        store_before, blocks_before, rss_before = await backend.size(), _python_blocks(), _rss()
+        store_before, blocks_before, rss_before = (
+            await backend.size(registry.store),
+            _python_blocks(),
+            _rss(),
+        )
 
         began = time.monotonic()
         ids = await _run_jobs(registry, JOBS)
         written_in = time.monotonic() - began
-        store_peak, rss_peak = await backend.size(), _rss()
+        store_peak, rss_peak = await backend.size(registry.store), _rss()
         sample = ids[:: JOBS // 20]
         for job_id in sample:
             async with gateway.client.get(f"/jobs/{job_id}") as response:
@@ -148,9 +167,13 @@ async def test_ten_thousand_finished_jobs_leave_nothing_after_their_ttl(
         del ids
 
         # Nothing is done here but waiting: the registry's maintenance sweeps.
-        await _until_empty(backend)
+        await _until_empty(backend, registry.store)
         await asyncio.sleep(1.0)  # a sweep or two more, their space reclaim included
-        store_after, blocks_after, rss_after = await backend.size(), _python_blocks(), _rss()
+        store_after, blocks_after, rss_after = (
+            await backend.size(registry.store),
+            _python_blocks(),
+            _rss(),
+        )
 
         for job_id in sample:
             for path in (f"/jobs/{job_id}", f"/jobs/{job_id}/result"):
@@ -178,9 +201,9 @@ async def test_ten_thousand_finished_jobs_leave_nothing_after_their_ttl(
     assert blocks_after - blocks_before < JOBS, figures
 
 
-async def _until_empty(backend: Backend) -> None:
-    for _ in range(int((RESULT_TTL + 60) / 0.25)):
-        if (await backend.size())["count"] == 0:
+async def _until_empty(backend: Backend, store: JobStore) -> None:
+    for _ in range(int((backend.result_ttl + 60) / 0.25)):
+        if (await backend.size(store))["count"] == 0:
             return
         await asyncio.sleep(0.25)
-    raise AssertionError(f"the store still holds {await backend.size()}")
+    raise AssertionError(f"the store still holds {await backend.size(store)}")
