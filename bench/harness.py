@@ -48,6 +48,12 @@ class Run:
     upstream_cpu_s: float
     machine_busy_s: float
     peak_rss_bytes: int
+    #: The same counts over the run's second half only: the steady state.
+    #: (The first half also re-opens the upstream connections that the end
+    #: of the warm-up broke: the load generator drops its connections with
+    #: requests in flight, and a cancelled call's connection is not reused.)
+    settled_upstream_requests: int | None = None
+    settled_upstream_connections: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         """Plain data for results.json."""
@@ -65,6 +71,8 @@ class Run:
             "upstream_cpu_s": self.upstream_cpu_s,
             "machine_busy_s": self.machine_busy_s,
             "peak_rss_bytes": self.peak_rss_bytes,
+            "settled_upstream_requests": self.settled_upstream_requests,
+            "settled_upstream_connections": self.settled_upstream_connections,
         }
 
     @classmethod
@@ -203,15 +211,23 @@ class Bench:
         async with contextlib.AsyncExitStack() as stack:
             if sampler is not None:
                 await stack.enter_async_context(sampler)
-            load = await drive(
-                self.generator,
-                base_url,
-                connections=clients,
-                duration=duration,
-                path=path,
-                paths_file=paths_file,
-                request_timeout=request_timeout,
+            driving = asyncio.ensure_future(
+                drive(
+                    self.generator,
+                    base_url,
+                    connections=clients,
+                    duration=duration,
+                    path=path,
+                    paths_file=paths_file,
+                    request_timeout=request_timeout,
+                )
             )
+            try:
+                await asyncio.sleep(duration / 2)
+                connections_mid, requests_mid = await self.upstream_stats()
+                load = await driving
+            finally:
+                driving.cancel()
         busy = machine_busy_seconds() - busy_before
         connections_after, requests_after = await self.upstream_stats()
         run = Run(
@@ -228,6 +244,8 @@ class Bench:
             upstream_cpu_s=upstream_cpu.seconds(),
             machine_busy_s=busy,
             peak_rss_bytes=sampler.peak if sampler else 0,
+            settled_upstream_requests=requests_after - requests_mid,
+            settled_upstream_connections=connections_after - connections_mid,
         )
         self.runs.append(run)
         logger.info(

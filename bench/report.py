@@ -34,6 +34,8 @@ class Figures:
     errors: int
     attempts: int
     conns_per_upstream_request: float | None
+    #: Over the runs' second halves: the steady state (see Run).
+    settled_conns_per_upstream_request: float | None
     upstream_requests_per_answer: float | None
     peak_rss_mb: float
     cpu_ms_per_request: float | None
@@ -48,6 +50,9 @@ def figures(runs: Sequence[Run]) -> Figures:
     """Combine the rounds of one contender at one load."""
     conns = sum(r.upstream_connections for r in runs)
     upstream = sum(r.upstream_requests for r in runs)
+    settled = [r for r in runs if r.settled_upstream_requests is not None]
+    settled_conns = sum(r.settled_upstream_connections or 0 for r in settled)
+    settled_upstream = sum(r.settled_upstream_requests or 0 for r in settled)
     answered = sum(r.load.ok for r in runs)
     requests = sum(r.load.requests for r in runs)
     server_cpu = sum(r.server_cpu_s for r in runs)
@@ -65,6 +70,9 @@ def figures(runs: Sequence[Run]) -> Figures:
         errors=sum(r.load.errors for r in runs),
         attempts=sum(r.load.attempts for r in runs),
         conns_per_upstream_request=conns / upstream if upstream else None,
+        settled_conns_per_upstream_request=(
+            settled_conns / settled_upstream if settled and settled_upstream else None
+        ),
         upstream_requests_per_answer=upstream / answered if answered else None,
         peak_rss_mb=max(r.peak_rss_bytes for r in runs) / MB,
         cpu_ms_per_request=server_cpu / requests * 1000 if requests and server_cpu else None,
@@ -209,11 +217,19 @@ def _goals(table: Mapping[Key, Figures], meta: Mapping[str, Any], sections: Any)
             ]
         )
     fan = [f for k, f in table.items() if k[0] == "fanout" and k[1] == "fanout"]
-    conns = [f.conns_per_upstream_request for f in fan if f.conns_per_upstream_request is not None]
-    worst = max(conns) if conns else None
+    # The steady state where measured (older results: the whole runs).
+    conns = [
+        f.settled_conns_per_upstream_request
+        if f.settled_conns_per_upstream_request is not None
+        else f.conns_per_upstream_request
+        for f in fan
+    ]
+    known = [c for c in conns if c is not None]
+    worst = max(known) if known else None
     rows.append(
         [
-            "upstream connections opened < 1 % of upstream requests (worst run of scenario 1)",
+            "upstream connections opened < 1 % of upstream requests "
+            "(worst load of scenario 1, second halves of the runs)",
             _pct(worst, 3),
             _check(None if worst is None else worst < 0.01),
         ]
@@ -267,6 +283,11 @@ def _fan_out(table: Mapping[Key, Figures], meta: Mapping[str, Any]) -> list[str]
                 "CPU cores are used cores over the run (psutil); *other* is what the rest of "
                 "the shared machine used meanwhile. Server CPU ms / req is the whole server "
                 "process tree's CPU per answer: the figure least disturbed by the noise. "
+                "Upstream conns / upstream req counts the connections the upstream accepted "
+                "per call it answered; the first half of a run also re-opens those that the "
+                "end of the warm-up broke (wrk drops its connections with requests in "
+                "flight, and a cancelled call's connection cannot be reused), so the second "
+                "half's figure is the steady state. "
                 "0 req/s means no answer arrived within the run (wrk counts requests still "
                 "in flight at the end neither as answers nor as errors).",
                 "",
@@ -286,6 +307,7 @@ def _fan_out(table: Mapping[Key, Figures], meta: Mapping[str, Any]) -> list[str]
                         _num(f.p99_ms, 1),
                         f"{f.errors:,}",
                         _pct(f.conns_per_upstream_request, 3),
+                        _pct(f.settled_conns_per_upstream_request, 3),
                         _num(f.peak_rss_mb, 0),
                         _num(f.cpu_ms_per_request, 2),
                         f"{f.server_cores:.2f} / {f.upstream_cores:.2f} / {f.load_cores:.2f}"
@@ -301,6 +323,7 @@ def _fan_out(table: Mapping[Key, Figures], meta: Mapping[str, Any]) -> list[str]
                 "p99 ms",
                 "errors",
                 "upstream conns / upstream req",
+                "… in the 2nd half",
                 "peak RSS MB",
                 "server CPU ms / req",
                 "CPU cores: server / upstream / load / other",
