@@ -12,7 +12,7 @@ from app import create_app
 from bridge import ASGIBridge, BridgeFlask
 from tests.fault_upstream import FaultUpstream, fault_upstream, make_bomb
 from tests.probe_views import ProbeState, mount_probes
-from tests.redis_server import prefix, redis_url  # noqa: F401 - shared fixtures
+from tests.redis_server import prefix, redis_url, store_url  # noqa: F401 - shared fixtures
 from tests.serving import hypercorn_serving
 from tests.upstream import FakeUpstream, fake_upstream
 

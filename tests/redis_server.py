@@ -9,6 +9,7 @@ import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
@@ -93,3 +94,16 @@ async def prefix(redis_url: str) -> AsyncIterator[str]:
     prefix = new_prefix()
     yield prefix
     await delete_prefix(redis_url, prefix)
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+async def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """A job store URL that several gateway processes share: a SQLite file, or a
+    prefix of this test's own on the real Redis (its keys deleted afterwards)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'jobs.db'}"
+        return
+    url: str = request.getfixturevalue("redis_url")
+    prefix = new_prefix()
+    yield f"{url}?prefix={prefix}"
+    await delete_prefix(url, prefix)

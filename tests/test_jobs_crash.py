@@ -5,29 +5,14 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
-import pytest
 
 from tests.fault_upstream import FaultUpstream
 from tests.processes import start_gateway
-from tests.redis_server import delete_prefix, new_prefix
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(params=["sqlite", "redis"])
-async def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    """The store both processes use."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'jobs.db'}"
-        return
-    redis_url: str = request.getfixturevalue("redis_url")
-    prefix = new_prefix()
-    yield f"{redis_url}?prefix={prefix}"
-    await delete_prefix(redis_url, prefix)
 
 
 async def test_jobs_of_a_killed_process_end_interrupted_never_running(

@@ -13,7 +13,6 @@ import json
 import os
 import signal
 import sqlite3
-from collections.abc import AsyncIterator
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -23,19 +22,6 @@ import pytest
 
 from tests.fault_upstream import FaultUpstream
 from tests.processes import start_gateway
-from tests.redis_server import delete_prefix, new_prefix
-
-
-@pytest.fixture(params=["sqlite", "redis"])
-async def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    """The store the processes share (Redis: under a prefix of the test's own)."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'jobs.db'}"
-        return
-    redis_url: str = request.getfixturevalue("redis_url")
-    prefix = new_prefix()
-    yield f"{redis_url}?prefix={prefix}"
-    await delete_prefix(redis_url, prefix)
 
 
 def _env(fault: FaultUpstream, store_url: str, tmp_path: Path) -> dict[str, str]:

@@ -17,7 +17,7 @@ import pytest
 
 from tests.fault_upstream import FaultUpstream
 from tests.gateway_serving import Gateway, gateway_serving
-from tests.redis_server import _answers, _free_port, delete_prefix, new_prefix
+from tests.redis_server import _answers, _free_port
 
 
 def _config(upstream_url: str) -> str:
@@ -27,18 +27,6 @@ base_url = "{upstream_url}"
 internal = true
 timeout = 5.0
 """
-
-
-@pytest.fixture(params=["sqlite", "redis"])
-async def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    """The shared store's URL (Redis: under a prefix of the test's own, cleaned after)."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'jobs.db'}"
-        return
-    redis_url: str = request.getfixturevalue("redis_url")
-    prefix = new_prefix()
-    yield f"{redis_url}?prefix={prefix}"
-    await delete_prefix(redis_url, prefix)
 
 
 @pytest.fixture
