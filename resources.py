@@ -9,7 +9,7 @@ from flask import Flask, current_app
 
 from bridge import BridgeFlask
 from clients.safety import session_guard
-from clients.session import SessionLimits, open_session, sibling_session
+from clients.session import SessionLimits, open_session
 from clients.upstreams import Upstreams
 from core.config import GatewayConfig
 from jobs.kinds import JobKind
@@ -18,7 +18,6 @@ from jobs.store_factory import open_store_from_url
 from metrics import metrics
 
 SESSION_KEY = "fanout.http_session"
-UPSTREAM_SESSION_KEY = "fanout.upstream_session"
 UPSTREAMS_KEY = "fanout.upstreams"
 GATEWAY_CONFIG_KEY = "fanout.gateway_config"
 JOB_REGISTRY_KEY = "fanout.job_registry"
@@ -40,12 +39,9 @@ async def _http_session(app: Flask) -> AsyncIterator[None]:
     guard = session_guard(gateway_config(app).internal_hosts())
     session = open_session(limits, guard)
     app.extensions[SESSION_KEY] = session
-    # The upstream clients' view of the same pool, without the per-call middleware.
-    app.extensions[UPSTREAM_SESSION_KEY] = sibling_session(session)
     try:
         yield
     finally:
-        await app.extensions.pop(UPSTREAM_SESSION_KEY).close()
         app.extensions.pop(SESSION_KEY, None)
         await session.close()
         # The connector does not close a resolver it was given.
@@ -54,9 +50,7 @@ async def _http_session(app: Flask) -> AsyncIterator[None]:
 
 async def _upstreams(app: Flask) -> AsyncIterator[None]:
     app.extensions[UPSTREAMS_KEY] = Upstreams(
-        gateway_config(app).upstreams,
-        app.extensions[UPSTREAM_SESSION_KEY],
-        observer=metrics(app),
+        gateway_config(app).upstreams, http_session(app), observer=metrics(app)
     )
     try:
         yield

@@ -33,28 +33,8 @@ def open_session(limits: SessionLimits, guard: SessionGuard | None = None) -> ai
         ttl_dns_cache=limits.dns_cache_seconds,
         keepalive_timeout=limits.keepalive_seconds,
     )
-    return _session(connector, middlewares=guard.middlewares if guard else ())
-
-
-def sibling_session(session: aiohttp.ClientSession) -> aiohttp.ClientSession:
-    """A session over ``session``'s connector (its pool, resolver and guard) without middlewares.
-
-    For ``UpstreamClient``, which checks its one fixed origin itself: a
-    client middleware costs a coroutine layer and a chain build on every
-    call. Close it before ``session``, which owns the connector.
-    """
-    return _session(session.connector, middlewares=(), connector_owner=False)
-
-
-def _session(
-    connector: aiohttp.BaseConnector | None,
-    *,
-    middlewares: tuple[aiohttp.ClientMiddlewareType, ...],
-    connector_owner: bool = True,
-) -> aiohttp.ClientSession:
     return aiohttp.ClientSession(
         connector=connector,
-        connector_owner=connector_owner,
         # Proxy and netrc settings from the environment would silently change
         # where calls go; upstream URLs come from the gateway config only.
         trust_env=False,
@@ -64,5 +44,5 @@ def _session(
         timeout=aiohttp.ClientTimeout(total=None),
         # Redirects are the caller's decision, per upstream.
         raise_for_status=False,
-        middlewares=middlewares,
+        middlewares=guard.middlewares if guard else (),
     )

@@ -31,6 +31,11 @@ from core.retry import RETRYABLE_METHODS, RetryBudget, backoff_delay, is_retryab
 logger = logging.getLogger(__name__)
 
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+#: Calls skip the shared session's SSRF middleware: this client only ever
+#: calls its one configured origin, whose IP literal (if any) it judged once
+#: when built; names are still judged after DNS by the session's resolver.
+#: A middleware costs a coroutine layer and a chain build on every call.
+_NO_MIDDLEWARES: tuple[aiohttp.ClientMiddlewareType, ...] = ()
 Body = bytes | AsyncIterable[bytes] | None
 Headers = Mapping[str, str] | Iterable[tuple[str, str]]
 R = TypeVar("R")
@@ -84,8 +89,7 @@ class UpstreamClient:
         origin = urlsplit(config.base_url)
         self._origin = (origin.scheme, (origin.hostname or "").lower(), origin.port)
         # Every call goes to this one origin (url() and redirects keep to it),
-        # so an IP-literal host is judged once here rather than by a session
-        # middleware on every call; names are judged after DNS by the resolver.
+        # so an IP-literal host is judged once here (see _NO_MIDDLEWARES).
         self._refused: str | None = None
         try:
             check_literal_host(origin.hostname or "", internal=config.internal)
@@ -322,6 +326,7 @@ class UpstreamClient:
                 headers=self._headers(headers),
                 data=body,
                 allow_redirects=False,
+                middlewares=_NO_MIDDLEWARES,
                 timeout=self._connect_timeout,
             ) as response:
                 location = response.headers.get("Location")
@@ -403,6 +408,7 @@ class UpstreamClient:
                     headers=self._headers(headers),
                     data=upload.chunks() if upload is not None else body,
                     allow_redirects=False,
+                    middlewares=_NO_MIDDLEWARES,
                     auto_decompress=False,
                     timeout=aiohttp.ClientTimeout(
                         sock_connect=self.config.connect_timeout, sock_read=self.config.timeout
