@@ -16,7 +16,6 @@ import contextlib
 import logging
 import os
 import time
-from collections import Counter as Tally
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -281,12 +280,6 @@ def forget_dead_processes(directory: str | os.PathLike[str]) -> list[int]:
     return dead
 
 
-async def active_jobs(store: JobStore) -> Tally[tuple[str, str]]:
-    """Pending and running jobs in the store, by kind and status."""
-    # Counts only: a scrape must not read (and decode) every active record.
-    return Tally(await store.count_active())
-
-
 class _ActiveJobs:
     """``fanout_jobs_active`` from counts taken at scrape time (not from a worker's gauges)."""
 
@@ -319,20 +312,20 @@ class _Together:
             yield from collector.collect()
 
 
-async def _job_counts(store: JobStore | None) -> Tally[tuple[str, str]] | None:
+async def _job_counts(store: JobStore | None) -> dict[tuple[str, str], int] | None:
     if store is None:
         return None
     try:
         async with asyncio.timeout(STORE_TIMEOUT_SECONDS):
-            return await active_jobs(store)
+            # Counts only: a scrape must not read (and decode) every active record.
+            return await store.count_active()
     except (StoreUnavailable, TimeoutError):
         # The other metrics are still worth having; the gap shows the store's trouble.
         logger.warning("job store unavailable: fanout_jobs_active left out of this scrape")
         return None
 
 
-def _render(found: Metrics, jobs: Collector | None) -> bytes:
-    directory = os.environ.get(MULTIPROCESS_ENV)
+def _render(found: Metrics, jobs: Collector | None, directory: str | None) -> bytes:
     own: Collector
     if directory:
         forget_dead_processes(directory)
@@ -351,11 +344,12 @@ async def exposition(
     _sample_bridge(app, found)  # this worker's freshest, whatever the sampling's phase
     counts = await _job_counts(store)
     jobs = None if counts is None else _ActiveJobs(counts, kinds)
-    if os.environ.get(MULTIPROCESS_ENV):
+    directory = os.environ.get(MULTIPROCESS_ENV)
+    if directory:
         # Reading every worker's files is disk I/O: off the loop.
-        body = await asyncio.to_thread(_render, found, jobs)
+        body = await asyncio.to_thread(_render, found, jobs, directory)
     else:
-        body = _render(found, jobs)
+        body = _render(found, jobs, None)
     return Response(
         body,
         mimetype=CONTENT_TYPE_LATEST.split(";")[0],

@@ -11,6 +11,7 @@ import binascii
 import json
 import math
 import time
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import replace as evolve
 from typing import Any
@@ -204,12 +205,9 @@ class MemoryStore:
 
     async def count_active(self) -> dict[tuple[str, str], int]:
         """How many pending and running jobs there are, by (kind, status)."""
-        counts: dict[tuple[str, str], int] = {}
-        for record in self._records.values():
-            if record.status in ACTIVE:
-                key = (record.kind, str(record.status))
-                counts[key] = counts.get(key, 0) + 1
-        return counts
+        return dict(
+            Counter((r.kind, str(r.status)) for r in self._records.values() if r.status in ACTIVE)
+        )
 
     async def sweep(self, now: float) -> int:
         """Delete finished jobs whose expires_at has passed; return how many."""

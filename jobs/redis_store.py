@@ -27,6 +27,7 @@ import json
 import math
 import struct
 import time
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace as evolve
@@ -651,7 +652,7 @@ class RedisStore:
                 for job_id in ids:
                     pipe.hmget(self._job_key(job_id), ["kind", "status"])
                 replies: list[list[bytes | None]] = await pipe.execute()
-            counts: dict[tuple[str, str], int] = {}
+            counts: Counter[tuple[str, str]] = Counter()
             for job_id, (kind, status) in zip(ids, replies, strict=True):
                 if status is None or status.decode() not in _ACTIVE_NAMES:
                     continue  # deleted, or finished, since the index was read
@@ -661,9 +662,8 @@ class RedisStore:
                     if data is None:
                         continue
                     kind = json.loads(data)["kind"].encode()
-                key = (kind.decode(), status.decode())
-                counts[key] = counts.get(key, 0) + 1
-        return counts
+                counts[kind.decode(), status.decode()] += 1
+        return dict(counts)
 
     async def sweep(self, now: float) -> int:
         """Delete finished jobs whose expires_at has passed; return how many."""
