@@ -122,9 +122,12 @@ class HttpExchange:
         # The first time the app waits, arm a timer (cheap, unlike a task):
         # only a request still waiting when it fires gets a watcher.
         if self._watch_timer is None and self._watcher is None and not self._finishing:
-            self._watch_timer = asyncio.get_running_loop().call_later(
-                WATCH_AFTER_SECONDS, self._start_watching
-            )
+            self._arm_watch_timer()
+
+    def _arm_watch_timer(self) -> None:
+        self._watch_timer = asyncio.get_running_loop().call_later(
+            WATCH_AFTER_SECONDS, self._start_watching
+        )
 
     def _start_watching(self) -> None:
         if self._watcher is not None or self._finishing:
@@ -132,9 +135,7 @@ class HttpExchange:
         if self._body.reading:
             # The app is receiving its body itself right now (the watcher
             # would be a second receiver): look again a little later.
-            self._watch_timer = asyncio.get_running_loop().call_later(
-                WATCH_AFTER_SECONDS, self._start_watching
-            )
+            self._arm_watch_timer()
             return
         self._watcher = asyncio.get_running_loop().create_task(self._watch_disconnect())
 

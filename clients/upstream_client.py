@@ -251,7 +251,7 @@ class UpstreamClient:
                 self._slots.release()
         except BaseException:
             if trial:
-                self._abandon_trial()
+                self.breaker.abandon_trial()
             raise
         self._record_status(reply.status)
         return reply
@@ -307,14 +307,11 @@ class UpstreamClient:
                 self.name,
                 f"{self.name}: circuit open, retry in {self.breaker.retry_after():.3g}s",
             )
+        # A trial that then fails unrecorded (a slot wait or a try cut short by
+        # the caller's deadline, a cancellation) is handed back with
+        # breaker.abandon_trial(): the next call is the trial, not a fast
+        # failure for another reset_after (a no-op once it was recorded).
         return self.breaker.state is CircuitState.HALF_OPEN
-
-    def _abandon_trial(self) -> None:
-        # The trial failed without its outcome being recorded (a slot wait or a
-        # try cut short by the caller's deadline, a blocked destination, a
-        # cancellation), or it was recorded and this is a no-op: either way the
-        # next call is the trial, not a fast failure for another reset_after.
-        self.breaker.abandon_trial()
 
     async def _request_following_redirects(
         self, method: str, url: URL, headers: Headers | None, body: bytes | None
@@ -397,7 +394,7 @@ class UpstreamClient:
             await self._acquire_slot(self.config.timeout)
         except BaseException:
             if trial:
-                self._abandon_trial()
+                self.breaker.abandon_trial()
             raise
         upload = _TrackedBody(body) if body is not None and not isinstance(body, bytes) else None
         try:
@@ -419,12 +416,12 @@ class UpstreamClient:
             blame = upload is None or upload.finished
             error = self._failure(exc, seconds=self.config.timeout, blame=blame)
             if trial:
-                self._abandon_trial()  # after _failure: a no-op if it recorded the failure
+                self.breaker.abandon_trial()  # after _failure: a no-op if it recorded the failure
             raise error from exc
         except BaseException:
             self._slots.release()
             if trial:
-                self._abandon_trial()
+                self.breaker.abandon_trial()
             raise
         self._record_status(response.status)
         return UpstreamStream(response, self._slots.release)
