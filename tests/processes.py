@@ -20,8 +20,8 @@ def free_port() -> int:
         return port
 
 
-def hypercorn_command(bind: str, *extra: str) -> list[str]:
-    """The command that serves the gateway with the repository's hypercorn.toml."""
+def hypercorn_command(bind: str, *extra: str, application: str = "app:app") -> list[str]:
+    """The command serving ``application`` (the gateway) with the repository's hypercorn.toml."""
     return [
         sys.executable,
         "-m",
@@ -31,8 +31,27 @@ def hypercorn_command(bind: str, *extra: str) -> list[str]:
         "--bind",
         bind,
         *extra,
-        "app:app",
+        application,
     ]
+
+
+async def until_ready(
+    url: str, process: asyncio.subprocess.Process | None = None, *, tries: int = 600
+) -> bool:
+    """Poll ``url``/readyz every 50 ms until it answers 200 (True); False once
+    ``process`` has exited or the tries run out."""
+    async with aiohttp.ClientSession() as client:
+        for _ in range(tries):
+            if process is not None and process.returncode is not None:
+                return False
+            try:
+                async with client.get(f"{url}/readyz") as response:
+                    if response.status == 200:
+                        return True
+            except aiohttp.ClientConnectionError:
+                pass
+            await asyncio.sleep(0.05)
+    return False
 
 
 async def start_gateway(
@@ -48,15 +67,8 @@ async def start_gateway(
         stderr=asyncio.subprocess.PIPE if capture_stderr else asyncio.subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}"
-    async with aiohttp.ClientSession() as client:
-        for _ in range(400):
-            try:
-                async with client.get(f"{url}/readyz") as response:
-                    if response.status == 200:
-                        return process, url
-            except aiohttp.ClientConnectionError:
-                pass
-            await asyncio.sleep(0.05)
+    if await until_ready(url, tries=400):
+        return process, url
     process.kill()
     await process.wait()
     raise AssertionError("the gateway never became ready")

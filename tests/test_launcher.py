@@ -11,7 +11,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.processes import ROOT, free_port
+from tests.processes import ROOT, free_port, until_ready
 from tests.worker_processes import samples
 
 #: The README's command, as installed in the virtualenv.
@@ -31,17 +31,9 @@ async def _start(env: dict[str, str], *args: str) -> tuple[asyncio.subprocess.Pr
         stderr=asyncio.subprocess.PIPE,
     )
     url = f"http://127.0.0.1:{port}"
-    async with aiohttp.ClientSession() as client:
-        for _ in range(600):
-            if process.returncode is not None:
-                break  # it stopped: the error is on stderr
-            try:
-                async with client.get(f"{url}/readyz") as response:
-                    if response.status == 200:
-                        return process, url
-            except aiohttp.ClientConnectionError:
-                pass
-            await asyncio.sleep(0.05)
+    if await until_ready(url, process):
+        return process, url
+    # It stopped (the error is on stderr), or never got ready.
     if process.returncode is None:
         process.kill()
     _, stderr = await process.communicate()

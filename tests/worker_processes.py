@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import sys
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -13,7 +12,7 @@ import aiohttp
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.processes import ROOT, free_port
+from tests.processes import ROOT, free_port, hypercorn_command, until_ready
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 HELD_APP = "tests.held_views_app:app"
@@ -34,8 +33,9 @@ async def served_workers(
 ) -> AsyncIterator[str]:
     """Serve ``application`` with ``workers`` processes until the block ends; yield its URL."""
     port = free_port()
-    command = [sys.executable, "-m", "hypercorn", "-c", "hypercorn.toml"]
-    command += ["--bind", f"127.0.0.1:{port}", "--workers", str(workers), application]
+    command = hypercorn_command(
+        f"127.0.0.1:{port}", "--workers", str(workers), application=application
+    )
     process = await asyncio.create_subprocess_exec(
         *command,
         cwd=ROOT,
@@ -45,26 +45,13 @@ async def served_workers(
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        if not await _ready(url):
+        if not await until_ready(url):
             raise AssertionError("the gateway never became ready")
         yield url
     finally:
         if process.returncode is None:
             process.send_signal(signal.SIGTERM)
         await asyncio.wait_for(process.wait(), timeout=60)
-
-
-async def _ready(url: str) -> bool:
-    async with aiohttp.ClientSession() as client:
-        for _ in range(600):
-            try:
-                async with client.get(f"{url}/readyz") as response:
-                    if response.status == 200:
-                        return True
-            except aiohttp.ClientConnectionError:
-                pass
-            await asyncio.sleep(0.05)
-    return False
 
 
 class Pinned:
