@@ -203,9 +203,10 @@ async def start(kind: str) -> Response:
     if found is None:
         abort(404, description=f"No job kind {kind!r}.")
     params: Any = {}
-    if request.content_length:
+    # Read, not judged by Content-Length: a chunked body has none.
+    if data := request.get_data():
         try:
-            params = json.loads(request.get_data())
+            params = json.loads(data)
         except ValueError:
             abort(400, description="The body must be a JSON document.")
     try:
