@@ -18,12 +18,14 @@ from collections.abc import (
 )
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import IO, Any, TypeVar
+from urllib.parse import urlsplit
 
 from flask import Flask, Request, Response, request
 from flask.globals import request_ctx
 from flask.typing import ResponseReturnValue
 from flask.views import MethodView
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.routing import RequestRedirect
 
 from bridge.body import RequestBody
 from bridge.greenlets import MissingBridgeError, in_bridge_greenlet, run_coroutine
@@ -121,6 +123,24 @@ def _call_in_worker(
     return view(**view_args)
 
 
+def relative_redirect(redirect: RequestRedirect) -> Response:
+    """Answer a routing redirect (merged slashes, a trailing slash) with a relative Location.
+
+    Werkzeug builds an absolute URL from the request's Host header, which the
+    client chose: behind a proxy that passes Host through, the redirect would
+    send the next client wherever the attacker named (and its HTML body
+    repeats the URL). The path and query alone point back to this server.
+    """
+    parts = urlsplit(redirect.new_url)
+    # One leading slash and no backslash after it: browsers read "//host"
+    # and "/\\host" as another origin.
+    path = "/" + parts.path.lstrip("/")
+    if path.startswith("/\\"):
+        path = "/%5C" + path[2:]
+    location = f"{path}?{parts.query}" if parts.query else path
+    return Response(status=redirect.code, headers={"Location": location})
+
+
 class BridgeRequest(Request):
     """Flask's request, whose per-request ``max_content_length`` also bounds the bridged body."""
 
@@ -215,6 +235,12 @@ class BridgeFlask(Flask):
                     f"The request body ({length} bytes) is larger than the limit of {limit} bytes."
                 )
         return answer
+
+    def handle_http_exception(self, e: HTTPException) -> HTTPException | ResponseReturnValue:
+        """Handle an HTTP error; a routing redirect gets a relative Location."""
+        if isinstance(e, RequestRedirect):
+            return relative_redirect(e)
+        return super().handle_http_exception(e)
 
     def dispatch_request(self) -> ResponseReturnValue:
         """Match the request and call its view: async inline, sync in the pool."""

@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from werkzeug.routing import RequestRedirect
 
+from bridge.flask_app import relative_redirect
 from tests.fault_upstream import FaultUpstream
 from tests.gateway_serving import Gateway, gateway_serving
 from tests.processes import ROOT, free_port, hypercorn_command, until_ready
@@ -328,3 +330,31 @@ async def test_the_merge_slashes_redirect_is_relative(fault: FaultUpstream, tmp_
         head = answer.partition(b"\r\n\r\n")[0].decode("latin-1").lower()
         assert "location: /profiles/7?x=1\r\n" in head + "\r\n", head
         assert b"evil" not in answer, answer
+
+
+async def test_the_trailing_slash_redirect_is_relative(
+    fault: FaultUpstream, tmp_path: Path
+) -> None:
+    async with gateway_serving(_config(fault.url), tmp_path) as gateway:
+        request = b"GET /proxy/fault HTTP/1.1\r\nHost: evil.example:1\r\nConnection: close\r\n\r\n"
+        answer = await _raw(gateway.url, request)
+        assert _status(answer) == 308, answer
+        assert b"\r\nlocation: /proxy/fault/\r\n" in answer.lower(), answer
+        assert b"evil" not in answer, answer
+
+
+@pytest.mark.parametrize(
+    ("new_url", "location"),
+    [
+        ("http://evil.example/profiles/7", "/profiles/7"),
+        ("http://evil.example/profiles/7?x=1&y=%2F", "/profiles/7?x=1&y=%2F"),
+        ("http://evil.example//other.example/x", "/other.example/x"),
+        ("http://evil.example/\\other.example/x", "/%5Cother.example/x"),
+        ("https://evil.example:8443/root/a/", "/root/a/"),
+    ],
+)
+def test_a_routing_redirect_keeps_only_path_and_query(new_url: str, location: str) -> None:
+    response = relative_redirect(RequestRedirect(new_url))
+    assert response.status_code == 308
+    assert response.headers["Location"] == location
+    assert response.get_data() == b""
