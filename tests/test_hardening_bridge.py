@@ -19,11 +19,15 @@ from typing import Any
 import pytest
 from werkzeug.routing import RequestRedirect
 
+from app import create_app
+from bridge import ASGIBridge
 from bridge.flask_app import relative_redirect
+from bridge.h2c import ALLOW_H2C_UPGRADE
 from tests.fault_upstream import FaultUpstream
 from tests.gateway_serving import Gateway, gateway_serving
 from tests.processes import ROOT, free_port, hypercorn_command, until_ready
 from tests.redis_server import _answers
+from tests.serving import hypercorn_serving
 
 
 def _config(upstream_url: str) -> str:
@@ -203,8 +207,10 @@ def _chunked(payload: bytes, size: int = 7) -> bytes:
     return b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in pieces) + b"0\r\n\r\n"
 
 
-async def _raw(url: str, request: bytes, *, seconds: float = 10.0) -> bytes:
-    """Send ``request`` as is on a new connection; everything read until it closes."""
+async def _raw(
+    url: str, request: bytes, *, seconds: float = 10.0, until: bytes | None = None
+) -> bytes:
+    """Send ``request`` as is on a new connection; what is read until it closes (or ``until``)."""
     host, port = url.removeprefix("http://").split(":")
     reader, writer = await asyncio.open_connection(host, int(port))
     try:
@@ -214,6 +220,8 @@ async def _raw(url: str, request: bytes, *, seconds: float = 10.0) -> bytes:
         async with asyncio.timeout(seconds):
             while chunk := await reader.read(65536):
                 chunks.append(chunk)
+                if until is not None and until in b"".join(chunks):
+                    break
         return b"".join(chunks)
     finally:
         writer.close()
@@ -358,3 +366,39 @@ def test_a_routing_redirect_keeps_only_path_and_query(new_url: str, location: st
     assert response.status_code == 308
     assert response.headers["Location"] == location
     assert response.get_data() == b""
+
+
+async def test_an_h2c_upgrade_is_served_when_hypercorn_toml_allows_it(tmp_path: Path) -> None:
+    (tmp_path / "gateway.toml").write_text("")
+    app = create_app({"CONFIG": str(tmp_path / "gateway.toml"), "JOB_STORE": "memory://"})
+    async with hypercorn_serving(ASGIBridge(app), **{ALLOW_H2C_UPGRADE: True}) as url:
+        answer = await _raw(url, H2C_UPGRADE, seconds=2.0, until=b"\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 101"), answer
+
+
+@pytest.mark.timeout(120)
+async def test_an_h2c_upgrade_is_ignored_by_the_launcher_workers() -> None:
+    port = free_port()
+    env = {**os.environ, "FANOUT_JOB_STORE": "memory://", "PYTHONWARNINGS": "error"}
+    launcher = Path(sys.executable).with_name("fanout")
+    server = await asyncio.create_subprocess_exec(
+        str(launcher),
+        "--no-demo",
+        "--workers",
+        "2",
+        "--bind",
+        f"127.0.0.1:{port}",
+        cwd=ROOT,
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        assert await until_ready(url, server)
+        # Each connection lands on either worker process.
+        for _ in range(4):
+            await _assert_h2c_refused(url)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(server.wait(), 60)
