@@ -402,3 +402,27 @@ async def test_an_h2c_upgrade_is_ignored_by_the_launcher_workers() -> None:
     finally:
         server.send_signal(signal.SIGTERM)
         await asyncio.wait_for(server.wait(), 60)
+
+
+@pytest.mark.parametrize(
+    "target",
+    [b"healthz", b"jobs", b"http://evil.example/healthz", b"http://evil.example/jobs", b"?x=1"],
+)
+async def test_a_request_target_that_is_not_a_path_is_refused(
+    fault: FaultUpstream, tmp_path: Path, target: bytes
+) -> None:
+    async with gateway_serving(_config(fault.url), tmp_path) as gateway:
+        answer = await _raw(
+            gateway.url, b"GET " + target + b" HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+        )
+        assert _status(answer) == 400, answer
+        assert b"application/problem+json" in answer
+        # A path still works, and OPTIONS * is not refused as a target.
+        answer = await _raw(
+            gateway.url, b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+        )
+        assert _status(answer) == 200, answer
+        answer = await _raw(
+            gateway.url, b"OPTIONS * HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+        )
+        assert _status(answer) != 400, answer
