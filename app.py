@@ -11,6 +11,7 @@ from flask import Flask
 from auth import install_auth
 from bridge import ASGIBridge, BridgeFlask
 from bridge.gc_tuning import tuned_gc
+from bridge.h2c import refuse_h2c_upgrades
 from core.config import GatewayConfig, load_gateway_config
 from errors import install_error_handlers
 from handlers import demo, health, jobs, jobs_ui, openapi, ops, proxy
@@ -72,6 +73,11 @@ async def _tuned_gc(app: Flask) -> AsyncIterator[None]:
     async with tuned_gc(app.config["GC_THRESHOLD"]):
         yield
 
+
+# Hypercorn has no setting against h2c upgrades: importing the app (as both
+# `hypercorn app:app` and the `fanout` launcher do, in each worker process)
+# makes it ignore them unless hypercorn.toml sets allow_h2c_upgrade = true.
+refuse_h2c_upgrades()
 
 #: The ASGI entry (``hypercorn -c hypercorn.toml app:app``). The Flask app is
 #: built at lifespan startup, so a bad setting is reported as a failed startup.

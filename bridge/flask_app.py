@@ -18,12 +18,14 @@ from collections.abc import (
 )
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import IO, Any, TypeVar
+from urllib.parse import urlsplit
 
 from flask import Flask, Request, Response, request
 from flask.globals import request_ctx
 from flask.typing import ResponseReturnValue
 from flask.views import MethodView
-from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.exceptions import BadRequest, HTTPException, RequestEntityTooLarge
+from werkzeug.routing import RequestRedirect
 
 from bridge.body import RequestBody
 from bridge.greenlets import MissingBridgeError, in_bridge_greenlet, run_coroutine
@@ -121,6 +123,38 @@ def _call_in_worker(
     return view(**view_args)
 
 
+def relative_redirect(redirect: RequestRedirect) -> Response:
+    """Answer a routing redirect (merged slashes, a trailing slash) with a relative Location.
+
+    Werkzeug builds an absolute URL from the request's Host header, which the
+    client chose: behind a proxy that passes Host through, the redirect would
+    send the next client wherever the attacker named (and its HTML body
+    repeats the URL). The path and query alone point back to this server.
+    """
+    parts = urlsplit(redirect.new_url)
+    # One leading slash and no backslash after it: browsers read "//host"
+    # and "/\\host" as another origin.
+    path = "/" + parts.path.lstrip("/")
+    if path.startswith("/\\"):
+        path = "/%5C" + path[2:]
+    location = f"{path}?{parts.query}" if parts.query else path
+    return Response(status=redirect.code, headers={"Location": location})
+
+
+def check_request_target(scope: dict[str, Any], method: str) -> None:
+    """Refuse (400) a request target that is not an absolute path (RFC 9112 3.2).
+
+    Hypercorn passes the target on as the path: ``GET healthz`` was routed
+    like ``/healthz``, which a front proxy's path rules would not have
+    matched, and ``GET http://host/x`` (absolute-form, meant for proxies)
+    only ever 404ed. Only ``OPTIONS *`` may go without a leading slash.
+    """
+    raw: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
+    if raw.startswith(b"/") or (raw == b"*" and method == "OPTIONS"):
+        return
+    raise BadRequest("The request target must be a path starting with '/'.")
+
+
 class BridgeRequest(Request):
     """Flask's request, whose per-request ``max_content_length`` also bounds the bridged body."""
 
@@ -198,7 +232,7 @@ class BridgeFlask(Flask):
         return call
 
     def preprocess_request(self) -> ResponseReturnValue | None:
-        """Run the before-request hooks, then refuse a declared body over the request's limit.
+        """Run the before-request hooks, then refuse an odd target or a body over the limit.
 
         After the hooks on purpose: a hook may set ``request.max_content_length``
         for its route (Flask 3.1), and a hook's own answer (401, 429) comes
@@ -207,6 +241,9 @@ class BridgeFlask(Flask):
         from the Content-Length alone, before any of the body is taken in.
         """
         answer = super().preprocess_request()
+        scope = request.environ.get("asgi.scope")
+        if answer is None and scope is not None:
+            check_request_target(scope, request.method)
         if answer is None:
             limit = request.max_content_length
             length = request.content_length
@@ -215,6 +252,12 @@ class BridgeFlask(Flask):
                     f"The request body ({length} bytes) is larger than the limit of {limit} bytes."
                 )
         return answer
+
+    def handle_http_exception(self, e: HTTPException) -> HTTPException | ResponseReturnValue:
+        """Handle an HTTP error; a routing redirect gets a relative Location."""
+        if isinstance(e, RequestRedirect):
+            return relative_redirect(e)
+        return super().handle_http_exception(e)
 
     def dispatch_request(self) -> ResponseReturnValue:
         """Match the request and call its view: async inline, sync in the pool."""

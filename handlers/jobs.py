@@ -6,6 +6,7 @@ import functools
 import hashlib
 import io
 import json
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -22,12 +23,28 @@ from jobs.registry import IdempotencyConflict, JobBody, JobContext, QueueFull, R
 from jobs.store import InvalidCursor, StoreUnavailable
 from resources import job_kinds, job_registry
 
+logger = logging.getLogger(__name__)
+
 blueprint = Blueprint("jobs", __name__)
 
 MAX_WAIT_SECONDS = 60.0
 MAX_PAGE = 100
 #: What pollers are told to wait between polls, in seconds.
 RETRY_AFTER = "1"
+#: What clients are told to wait, in seconds, while the job store cannot be reached.
+STORE_RETRY_AFTER = "5"
+
+
+@blueprint.errorhandler(StoreUnavailable)
+def _store_unavailable(error: StoreUnavailable) -> Response:
+    # One place for every job route: an outage is the server's, and passes.
+    # The detail names no store location (a file path, a host); the log does.
+    logger.warning("job store unavailable: %s", error)
+    return problem_response(
+        503,
+        detail="The job store cannot be reached; try again later.",
+        headers={"Retry-After": STORE_RETRY_AFTER},
+    )
 
 
 def request_params(body: bytes | None) -> dict[str, str]:
@@ -105,10 +122,13 @@ async def start_job(
         return problem_response(
             503, detail=str(full), headers={"Retry-After": str(full.retry_after)}
         )
-    except (RegistryClosed, StoreUnavailable) as exc:
+    except RegistryClosed as exc:
         return problem_response(
             503, detail=f"Jobs cannot be started now: {exc}", headers={"Retry-After": "5"}
         )
+    except StoreUnavailable as exc:
+        # Also for background views, whose blueprints lack the handler above.
+        return _store_unavailable(exc)
     except IdempotencyConflict:
         # As the IETF Idempotency-Key draft asks: a key reused with another
         # request is refused, and the other request's job is not disclosed.
@@ -183,9 +203,10 @@ async def start(kind: str) -> Response:
     if found is None:
         abort(404, description=f"No job kind {kind!r}.")
     params: Any = {}
-    if request.content_length:
+    # Read, not judged by Content-Length: a chunked body has none.
+    if data := request.get_data():
         try:
-            params = json.loads(request.get_data())
+            params = json.loads(data)
         except ValueError:
             abort(400, description="The body must be a JSON document.")
     try:

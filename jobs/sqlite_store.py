@@ -1,9 +1,12 @@
 """A job store in one SQLite file, shared by every worker process of one machine.
 
-sqlite3 blocks, so each store owns one thread (a single-worker executor) that
-owns its connection and runs every statement; the event loop only awaits.
-WAL mode lets readers run while one process writes, and ``busy_timeout``
-makes a writer wait for another's lock instead of failing at once.
+sqlite3 blocks, so each store owns two connections, each with one thread (a
+single-worker executor) that runs its statements; the event loop only awaits.
+Writes go through one, reads through the other: in WAL mode a reader never
+waits for a writer, and with its own connection and thread it never queues
+behind a write that waits for another process's lock either.
+``busy_timeout`` bounds how long an operation may wait, for that lock and
+for its turn on the thread together, before it fails with StoreUnavailable.
 
 An operation whose caller is cancelled still runs to its end in the thread:
 cancelling an await never leaves a transaction half done.
@@ -39,6 +42,9 @@ RECLAIM_FREE_PAGES = 256
 _CHUNK = 500
 #: After a checkpoint, the WAL file is cut back to this size.
 WAL_SIZE_LIMIT = 16 * 1024 * 1024
+#: Seconds an operation may wait (its turn, then another process's lock):
+#: well under a client's patience, so a held lock answers 503, not a hang.
+BUSY_TIMEOUT = 2.0
 
 _FINAL = tuple(s.value for s in JobStatus if s.final)
 
@@ -179,35 +185,27 @@ def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
         raise
 
 
-class SqliteStore:
-    """JobStore on one SQLite file (WAL mode), safe for several processes sharing it.
-
-    ``path`` is a filesystem path; its parent directory is created if missing.
-    ``busy_timeout`` (seconds) is how long an operation waits for another
-    process's lock before raising StoreUnavailable. Space: ``sweep`` gives the
-    pages of deleted rows back to the filesystem (incremental vacuum) once the
-    file holds at least ``reclaim_pages`` free pages; ``vacuum`` rebuilds the
-    file on demand.
-    """
+class _Connection:
+    """One sqlite3 connection and the one thread that runs all of its statements."""
 
     def __init__(
-        self, path: str, *, busy_timeout: float = 5.0, reclaim_pages: int = RECLAIM_FREE_PAGES
+        self, path: str, busy_timeout: float, setup: Callable[[sqlite3.Connection], None]
     ) -> None:
         self.path = path
         self._busy_timeout = busy_timeout
-        self._reclaim_pages = reclaim_pages
+        self._setup = setup
         self._executor: ThreadPoolExecutor | None = None
         #: Only ever touched on the executor's thread.
         self._conn: sqlite3.Connection | None = None
 
     async def open(self) -> None:
-        """Create the file and schema if needed; switch the file to WAL mode."""
+        """Connect on the connection's own thread and run ``setup`` there."""
         if self._executor is not None:
             return
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-store")
         self._executor = executor
         try:
-            await self._in_thread(self._connect)
+            await self._in_thread(self._connect, bounded=False)
         except BaseException:
             # If the await was cancelled, _connect may still finish: the queue
             # is FIFO, so this closes whatever it opened.
@@ -217,35 +215,145 @@ class SqliteStore:
             raise
 
     async def close(self) -> None:
-        """Close the connection and stop the store's thread."""
+        """Close the connection and stop its thread."""
         executor = self._executor
         if executor is None:
             return
         try:
-            await self._in_thread(self._disconnect)
+            await self._in_thread(self._disconnect, bounded=False)
         finally:
             self._executor = None
             # The thread is idle now (its queue was FIFO): it exits on its own.
             executor.shutdown(wait=False)
 
+    async def run(self, operation: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``operation`` on the connection's thread; StoreUnavailable past the busy timeout."""
+        return await self._in_thread(lambda: operation(self._connection()))
+
+    async def _in_thread(self, operation: Callable[[], T], *, bounded: bool = True) -> T:
+        executor = self._executor
+        if executor is None:
+            raise StoreUnavailable(f"sqlite store {self.path} is not open")
+        # The bound counts from now: operations queued behind one that waits
+        # for a lock must not each wait the whole timeout again in turn.
+        # Opening and closing are not bounded: a close must never be skipped.
+        deadline = time.monotonic() + self._busy_timeout if bounded else None
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(executor, self._guarded, operation, deadline)
+
+    def _guarded(self, operation: Callable[[], T], deadline: float | None) -> T:
+        try:
+            if deadline is not None:
+                self._wait_at_most(deadline - time.monotonic())
+            return operation()
+        except sqlite3.IntegrityError as exc:
+            raise ValueError(f"job conflicts with a stored one: {exc}") from exc
+        except sqlite3.DatabaseError as exc:
+            # Locked past busy_timeout, unreadable file, disk full, not a database...
+            raise StoreUnavailable(f"sqlite store {self.path}: {exc}") from exc
+
+    def _wait_at_most(self, seconds: float) -> None:
+        if seconds <= 0:
+            # Never started, so nothing changed: its caller may retry.
+            raise StoreUnavailable(
+                f"sqlite store {self.path}: database is locked"
+                f" (waited {self._busy_timeout:g} s for earlier operations)"
+            )
+        if self._conn is not None:
+            # What is left of the bound, for the lock this operation may need.
+            self._conn.execute(f"PRAGMA busy_timeout = {max(1, int(seconds * 1000))}")
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise StoreUnavailable(f"sqlite store {self.path} is not open")
+        return self._conn
+
+    def _connect(self) -> None:
+        parent = os.path.dirname(os.path.abspath(self.path))
+        try:
+            os.makedirs(parent, exist_ok=True)
+        except OSError as exc:
+            raise StoreUnavailable(f"sqlite store {self.path}: {exc}") from exc
+        # Autocommit (isolation_level None): transactions are opened explicitly.
+        conn = sqlite3.connect(self.path, timeout=self._busy_timeout, isolation_level=None)
+        try:
+            conn.row_factory = sqlite3.Row
+            conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
+            self._setup(conn)
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+
+    def _disconnect(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+
+def _read_only(conn: sqlite3.Connection) -> None:
+    # The read connection must never take the write lock, even by mistake.
+    conn.execute("PRAGMA query_only = ON")
+
+
+class SqliteStore:
+    """JobStore on one SQLite file (WAL mode), safe for several processes sharing it.
+
+    ``path`` is a filesystem path; its parent directory is created if missing.
+    ``busy_timeout`` (seconds) is how long an operation waits, for its turn
+    and for another process's lock, before raising StoreUnavailable; reads
+    never wait for a writer. Space: ``sweep`` gives the pages of deleted rows
+    back to the filesystem (incremental vacuum) once the file holds at least
+    ``reclaim_pages`` free pages; ``vacuum`` rebuilds the file on demand.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        busy_timeout: float = BUSY_TIMEOUT,
+        reclaim_pages: int = RECLAIM_FREE_PAGES,
+    ) -> None:
+        self.path = path
+        self._reclaim_pages = reclaim_pages
+        self._writer = _Connection(path, busy_timeout, self._prepare_file)
+        self._reader = _Connection(path, busy_timeout, _read_only)
+
+    async def open(self) -> None:
+        """Create the file and schema if needed; switch the file to WAL mode."""
+        # The writer first: it makes the file, the schema and WAL mode.
+        await self._writer.open()
+        try:
+            await self._reader.open()
+        except BaseException:
+            await self._writer.close()
+            raise
+
+    async def close(self) -> None:
+        """Close both connections and stop their threads."""
+        try:
+            await self._reader.close()
+        finally:
+            await self._writer.close()
+
     async def ping(self) -> None:
         """Raise StoreUnavailable unless the file can be read."""
-        await self._call(lambda conn: conn.execute("SELECT 1 FROM jobs LIMIT 1").fetchall())
+        await self._read(lambda conn: conn.execute("SELECT 1 FROM jobs LIMIT 1").fetchall())
 
     async def create(self, record: JobRecord) -> JobRecord:
         """Store a new job, or return the live one with the same owner and idempotency key."""
-        return await self._call(lambda conn: self._create(conn, record, time.time()))
+        return await self._write(lambda conn: self._create(conn, record, time.time()))
 
     async def get(self, job_id: str) -> JobRecord | None:
         """The job, or None if unknown or expired."""
-        return await self._call(lambda conn: self._get(conn, job_id, time.time()))
+        return await self._read(lambda conn: self._get(conn, job_id, time.time()))
 
     async def replace(
         self, record: JobRecord, *, expected: JobStatus, lease_before: float | None = None
     ) -> JobRecord:
         """Write ``record`` if the stored job still has status ``expected`` (and, with
         ``lease_before``, a lease that ended before it): one compare-and-set."""
-        return await self._call(lambda conn: self._replace(conn, record, expected, lease_before))
+        return await self._write(lambda conn: self._replace(conn, record, expected, lease_before))
 
     async def find_by_key(self, owner: str | None, key: str) -> JobRecord | None:
         """The live job that ``owner`` started with this idempotency key, if any."""
@@ -253,16 +361,16 @@ class SqliteStore:
             f"SELECT {_COLUMNS} FROM jobs WHERE coalesce(owner, x'') = coalesce(?, x'')"
             f" AND idempotency_key = ? AND {_LIVE}"
         )
-        rows = await self._call(lambda conn: _records(conn.execute(sql, (owner, key, time.time()))))
+        rows = await self._read(lambda conn: _records(conn.execute(sql, (owner, key, time.time()))))
         return rows[0] if rows else None
 
     async def request_cancel(self, job_id: str) -> JobRecord | None:
         """Flag a pending or running job for cancelling; return it as now stored."""
-        return await self._call(lambda conn: self._request_cancel(conn, job_id, time.time()))
+        return await self._write(lambda conn: self._request_cancel(conn, job_id, time.time()))
 
     async def delete(self, job_id: str) -> bool:
         """Forget the job; True if it existed."""
-        return await self._call(
+        return await self._write(
             lambda conn: conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,)).rowcount > 0
         )
 
@@ -296,16 +404,16 @@ class SqliteStore:
             " ORDER BY created_at DESC, id DESC LIMIT ?"
         )
         args.append(limit + 1)
-        records = await self._call(lambda conn: _records(conn.execute(sql, args)))
+        records = await self._read(lambda conn: _records(conn.execute(sql, args)))
         return page_of(records, limit)
 
     async def renew_leases(self, worker: str, job_ids: Sequence[str], until: float) -> None:
         """Extend the lease of these pending or running jobs held by ``worker``."""
-        await self._call(lambda conn: self._renew(conn, worker, list(job_ids), until))
+        await self._write(lambda conn: self._renew(conn, worker, list(job_ids), until))
 
     async def cancel_requested(self, job_ids: Sequence[str]) -> set[str]:
         """Of these ids, the ones whose cancel has been requested or that are gone."""
-        return await self._call(lambda conn: self._cancel_requested(conn, list(job_ids)))
+        return await self._read(lambda conn: self._cancel_requested(conn, list(job_ids)))
 
     async def lapsed(self, now: float) -> list[JobRecord]:
         """Pending or running jobs whose lease ended before ``now``."""
@@ -313,11 +421,11 @@ class SqliteStore:
             f"SELECT {_COLUMNS} FROM jobs"
             " WHERE status IN ('pending', 'running') AND lease_until < ?"
         )
-        return await self._call(lambda conn: _records(conn.execute(sql, (now,))))
+        return await self._read(lambda conn: _records(conn.execute(sql, (now,))))
 
     async def sweep(self, now: float) -> int:
         """Delete finished jobs whose expires_at has passed; return how many."""
-        return await self._call(lambda conn: self._sweep(conn, now))
+        return await self._write(lambda conn: self._sweep(conn, now))
 
     async def count_active(self) -> dict[tuple[str, str], int]:
         """How many pending and running jobs there are, by (kind, status)."""
@@ -326,7 +434,7 @@ class SqliteStore:
             "SELECT kind, status, count(*) FROM jobs"
             " WHERE status IN ('pending', 'running') GROUP BY kind, status"
         )
-        rows = await self._call(lambda conn: conn.execute(sql).fetchall())
+        rows = await self._read(lambda conn: conn.execute(sql).fetchall())
         return {(kind, status): count for kind, status, count in rows}
 
     async def vacuum(self) -> None:
@@ -335,66 +443,29 @@ class SqliteStore:
         It holds the write lock of the whole file while it runs: call it at a
         quiet time. Routine space reclaim is done by ``sweep``.
         """
-        await self._call(self._vacuum)
+        await self._write(self._vacuum)
 
-    async def _call(self, operation: Callable[[sqlite3.Connection], T]) -> T:
-        return await self._in_thread(lambda: operation(self._connection()))
+    async def _write(self, operation: Callable[[sqlite3.Connection], T]) -> T:
+        return await self._writer.run(operation)
 
-    async def _in_thread(self, operation: Callable[[], T]) -> T:
-        executor = self._executor
-        if executor is None:
-            raise StoreUnavailable(f"sqlite store {self.path} is not open")
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(executor, self._guarded, operation)
+    async def _read(self, operation: Callable[[sqlite3.Connection], T]) -> T:
+        return await self._reader.run(operation)
 
-    def _guarded(self, operation: Callable[[], T]) -> T:
-        try:
-            return operation()
-        except sqlite3.IntegrityError as exc:
-            raise ValueError(f"job conflicts with a stored one: {exc}") from exc
-        except sqlite3.DatabaseError as exc:
-            # Locked past busy_timeout, unreadable file, disk full, not a database...
-            raise StoreUnavailable(f"sqlite store {self.path}: {exc}") from exc
-
-    def _connection(self) -> sqlite3.Connection:
-        if self._conn is None:
-            raise StoreUnavailable(f"sqlite store {self.path} is not open")
-        return self._conn
-
-    def _connect(self) -> None:
-        parent = os.path.dirname(os.path.abspath(self.path))
-        try:
-            os.makedirs(parent, exist_ok=True)
-        except OSError as exc:
-            raise StoreUnavailable(f"sqlite store {self.path}: {exc}") from exc
-        # Autocommit (isolation_level None): transactions are opened explicitly.
-        conn = sqlite3.connect(self.path, timeout=self._busy_timeout, isolation_level=None)
-        try:
-            conn.row_factory = sqlite3.Row
-            conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
-            # Only takes effect on a new file, so it goes before anything writes it:
-            # lets sweep hand freed pages back without rewriting the whole file.
-            conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise StoreUnavailable(f"sqlite store {self.path}: cannot use WAL ({mode})")
-            # In WAL mode NORMAL is safe against process crashes (not power loss)
-            # and saves an fsync per commit.
-            conn.execute("PRAGMA synchronous = NORMAL")
-            conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
-            with _transaction(conn):
-                for statement in _SCHEMA.split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
-        except BaseException:
-            conn.close()
-            raise
-        self._conn = conn
-
-    def _disconnect(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            conn.close()
+    def _prepare_file(self, conn: sqlite3.Connection) -> None:
+        # Only takes effect on a new file, so it goes before anything writes it:
+        # lets sweep hand freed pages back without rewriting the whole file.
+        conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise StoreUnavailable(f"sqlite store {self.path}: cannot use WAL ({mode})")
+        # In WAL mode NORMAL is safe against process crashes (not power loss)
+        # and saves an fsync per commit.
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
+        with _transaction(conn):
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
 
     def _get(self, conn: sqlite3.Connection, job_id: str, now: float) -> JobRecord | None:
         row = conn.execute(

@@ -7,7 +7,11 @@ from pathlib import Path
 
 from hypercorn.config import Config
 
+from bridge.h2c import ALLOW_H2C_UPGRADE
+
 CONFIG_FILE = Path(__file__).resolve().parent.parent / "hypercorn.toml"
+#: Keys of Fanout's own in hypercorn.toml, read from Hypercorn's config object.
+FANOUT_KEYS = {ALLOW_H2C_UPGRADE}
 
 
 def test_every_key_is_a_hypercorn_setting_and_is_applied() -> None:
@@ -16,7 +20,9 @@ def test_every_key_is_a_hypercorn_setting_and_is_applied() -> None:
     applied = Config.from_toml(CONFIG_FILE)
     for key, value in raw.items():
         # Config.from_mapping silently sets unknown names: catch typos here.
-        assert hasattr(defaults, key), f"hypercorn.toml: {key} is not a Hypercorn setting"
+        # Fanout's own keys ride on Hypercorn's config the same way.
+        known = hasattr(defaults, key) or key in FANOUT_KEYS
+        assert known, f"hypercorn.toml: {key} is not a Hypercorn setting"
         assert getattr(applied, key) == value, key
 
 
@@ -31,3 +37,4 @@ def test_the_served_settings_are_the_intended_ones() -> None:
     assert config.h11_max_incomplete_size == 16384
     assert config.h2_max_header_list_size == 65536
     assert config.accesslog is not None and config.errorlog is not None
+    assert getattr(config, ALLOW_H2C_UPGRADE) is False
