@@ -15,6 +15,7 @@ from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import HTTPException
 
 from bridge import iterate_async
+from core.client_json import InvalidJSON, parse_client_json
 from errors import problem_response
 from jobs.kinds import InvalidParams
 from jobs.model import JobRecord, JobStatus, StoredResponse, is_job_id
@@ -185,9 +186,9 @@ async def start(kind: str) -> Response:
     params: Any = {}
     if request.content_length:
         try:
-            params = json.loads(request.get_data())
-        except ValueError:
-            abort(400, description="The body must be a JSON document.")
+            params = parse_client_json(request.get_data())
+        except InvalidJSON as exc:
+            abort(400, description=f"The body must be a JSON document: {exc}.")
     try:
         body = found.prepare(params)
     except InvalidParams as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import sqlite3
 from collections import Counter
@@ -15,7 +16,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from flask import Blueprint, Response
+from flask import Blueprint, Response, jsonify, request
 
 from app import create_app
 from bridge import ASGIBridge
@@ -196,6 +197,12 @@ async def test_an_endpoint_run_as_a_job_obeys_the_result_limit(
 views = Blueprint("hardening_views", __name__)
 
 
+@views.post("/test/json")
+async def echo_json() -> Response:
+    """A view reading its body with Flask's request.get_json()."""
+    return jsonify(request.get_json())
+
+
 @views.get("/test/huge/<int:kib>")
 @background_view
 async def huge(kib: int) -> Response:
@@ -332,3 +339,79 @@ async def test_a_batch_item_failing_at_run_time_is_that_items_error(
     assert (result["succeeded"], result["failed"]) == (1, 1)
     assert result["results"][0]["error"]["title"] == "BadUpstreamPayload"
     assert result["results"][1]["body"] == {"target": "/base/echo/1"}
+
+
+# -- 14. deep nesting in what a client sends ---------------------------------------------
+
+
+async def test_a_deeply_nested_body_is_400(gateway: Gateway) -> None:
+    body = b"[" * 100_000 + b"]" * 100_000
+    status, _, problem = await _json(
+        gateway,
+        "POST",
+        "/jobs/batch",
+        data=body,
+        headers={"Content-Type": "application/json"},
+    )
+    assert status == 400, problem
+    assert problem["status"] == 400
+
+
+def _cursor(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"[" * 5000 + b"]" * 5000,
+        b'[1e400, "x"]',
+        b"[" + b"9" * 4000 + b', "x"]',
+        b'[NaN, "x"]',
+        b'[1, "x", 3]',
+        b"\xff\xfe",
+    ],
+)
+async def test_a_forged_cursor_is_400(gateway: Gateway, raw: bytes) -> None:
+    status, _, problem = await _json(gateway, "GET", f"/jobs?cursor={_cursor(raw)}")
+    assert status == 400, problem
+    assert "cursor" in problem["detail"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[" * 100_000 + b"]" * 100_000,
+        b"[" * 65 + b"]" * 65,
+        b'{"a": NaN}',
+        b"[Infinity]",
+        b"\xff\xfe{}",
+        b"[" + b"9" * 5000 + b"]",
+    ],
+)
+async def test_a_view_reading_a_hostile_json_body_answers_400(
+    big: BigUpstream, tmp_path: Path, body: bytes
+) -> None:
+    async with _with_views(big, tmp_path) as served:
+        headers = {"Content-Type": "application/json"}
+        status, _, problem = await _json(served, "POST", "/test/json", data=body, headers=headers)
+        assert status == 400, problem
+        assert problem["status"] == 400
+        # Reasonable JSON still reads, a UTF-8 byte order mark included.
+        status, _, echoed = await _json(
+            served,
+            "POST",
+            "/test/json",
+            data=b"\xef\xbb\xbf" + b"[" * 64 + b"]" * 64,
+            headers=headers,
+        )
+        assert status == 200 and echoed == json.loads("[" * 64 + "]" * 64)
+
+
+@pytest.mark.parametrize(
+    "body", [b'{"upstream": "big", "path": "/c/{item}", "items": [1], "concurrency": NaN}', b"\xff"]
+)
+async def test_a_batch_body_that_is_not_strict_json_is_400(gateway: Gateway, body: bytes) -> None:
+    headers = {"Content-Type": "application/json"}
+    status, _, problem = await _json(gateway, "POST", "/jobs/batch", data=body, headers=headers)
+    assert status == 400 and "JSON" in problem["detail"]
