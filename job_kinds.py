@@ -63,6 +63,8 @@ def _batch_paths(path: str, items: list[str | int]) -> list[str]:
         try:
             expanded = expand_path(path, {"item": item})
             check_origin_form(expanded)
+        except UnicodeError:
+            raise InvalidParams(f"items[{index}]: not valid Unicode (a lone surrogate)") from None
         except ValueError as exc:
             # Named by index: an item may be long, and is the client's own anyway.
             raise InvalidParams(f"items[{index}]: the path it makes {exc}") from None

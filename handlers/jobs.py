@@ -185,6 +185,10 @@ async def start(kind: str) -> Response:
         abort(404, description=f"No job kind {kind!r}.")
     params: Any = {}
     if request.content_length:
+        if not request.is_json:
+            # A web page can send a text/plain or form body cross-site with no CORS
+            # preflight; demanding JSON keeps such pages from starting jobs.
+            abort(415, description="The body must be sent as application/json.")
         try:
             params = parse_client_json(request.get_data())
         except InvalidJSON as exc:

@@ -45,6 +45,8 @@ def decode_cursor(cursor: str) -> tuple[float, str]:
         and isinstance(value[0], float)
         and math.isfinite(value[0])
         and isinstance(value[1], str)
+        # A JSON escape can make a lone surrogate, which no store can encode.
+        and value[1] == value[1].encode("utf-8", "replace").decode("utf-8")
     ):
         return value[0], value[1]
     raise InvalidCursor("not a job listing cursor")

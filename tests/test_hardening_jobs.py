@@ -290,6 +290,7 @@ def test_max_result_bytes_is_validated_like_the_other_job_keys() -> None:
         ("/c/{item}", ["x" * 9000], "item"),
         ("/c/{item}", ["\x00nul"], "item"),
         ("/c/{item}", ["ok", "."], "item"),
+        ("/c/{item}", ["\ud800"], "Unicode"),
     ],
 )
 async def test_a_batch_path_that_is_not_a_plain_origin_form_path_is_400(
@@ -370,6 +371,7 @@ def _cursor(raw: bytes) -> str:
         b'[NaN, "x"]',
         b'[1, "x", 3]',
         b"\xff\xfe",
+        b'[1.0, "\\ud800"]',  # a lone surrogate: no store can encode it
     ],
 )
 async def test_a_forged_cursor_is_400(gateway: Gateway, raw: bytes) -> None:
@@ -415,3 +417,26 @@ async def test_a_batch_body_that_is_not_strict_json_is_400(gateway: Gateway, bod
     headers = {"Content-Type": "application/json"}
     status, _, problem = await _json(gateway, "POST", "/jobs/batch", data=body, headers=headers)
     assert status == 400 and "JSON" in problem["detail"]
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", None])
+async def test_a_job_start_whose_body_is_not_declared_json_is_415(
+    gateway: Gateway, big: BigUpstream, content_type: str | None
+) -> None:
+    # What a web page can send cross-site without a CORS preflight: it must not start jobs.
+    body = json.dumps({"upstream": "big", "path": "/c/{item}", "items": [1]}).encode()
+    headers = {"Content-Type": content_type} if content_type else {}
+    async with gateway.client.post(
+        "/jobs/batch", data=body, headers=headers, skip_auto_headers=["Content-Type"]
+    ) as response:
+        assert response.status == 415
+        problem = await response.json(content_type=None)
+    assert problem["status"] == 415 and "application/json" in problem["detail"]
+    _, _, listing = await _json(gateway, "GET", "/jobs")
+    assert listing["jobs"] == []
+    # A JSON media type with parameters or a +json suffix is JSON.
+    for declared in ("application/json; charset=utf-8", "application/vnd.batch+json"):
+        status, _, _ = await _json(
+            gateway, "POST", "/jobs/batch", data=body, headers={"Content-Type": declared}
+        )
+        assert status == 202
