@@ -11,13 +11,15 @@ from flask import Flask
 from clients.errors import UpstreamError
 from clients.upstream_client import UpstreamClient
 from core.paths import expand_path
+from core.request_target import check_origin_form
 from jobs.kinds import InvalidParams, JobKind
 from jobs.model import StoredResponse
-from jobs.registry import JobBody, JobContext
+from jobs.registry import JobBody, JobContext, ResultTooLarge
 from resources import upstreams
 
 MAX_ITEMS = 1000
 MAX_CONCURRENCY = 50
+_SEPARATOR = b", "
 
 
 def _batch_params(params: Any) -> tuple[str, str, list[str | int], int]:
@@ -47,75 +49,102 @@ def _batch_params(params: Any) -> tuple[str, str, list[str | int], int]:
     return upstream, path, items, concurrency
 
 
+def _batch_paths(path: str, items: list[str | int]) -> list[str]:
+    """Each item's request target, every one checked as the proxy's are (400 otherwise)."""
+    try:
+        # A neutral item first: a mistake in the template is named as the path's.
+        check_origin_form(expand_path(path, {"item": "x"}))
+    except KeyError as missing:
+        raise InvalidParams(f"path: no placeholder {{{missing.args[0]}}}; only {{item}}") from None
+    except ValueError as exc:
+        raise InvalidParams(f"path: {exc}") from None
+    paths = []
+    for index, item in enumerate(items):
+        try:
+            expanded = expand_path(path, {"item": item})
+            check_origin_form(expanded)
+        except UnicodeError:
+            raise InvalidParams(f"items[{index}]: not valid Unicode (a lone surrogate)") from None
+        except ValueError as exc:
+            # Named by index: an item may be long, and is the client's own anyway.
+            raise InvalidParams(f"items[{index}]: the path it makes {exc}") from None
+        paths.append(expanded)
+    return paths
+
+
 def _prepare_batch(app: Flask) -> Any:
     def prepare(params: Any) -> JobBody:
         upstream, path, items, concurrency = _batch_params(params)
         client = upstreams(app).get(upstream)
         if client is None:
             raise InvalidParams(f"no upstream named {upstream!r} is configured")
-        for item in items:
-            try:
-                expand_path(path, {"item": item})
-            except ValueError as exc:
-                raise InvalidParams(f"item {item!r}: {exc}") from None
+        calls = list(zip(items, _batch_paths(path, items), strict=True))
 
         async def run(context: JobContext) -> StoredResponse:
-            return await _run_batch(context, client, path, items, concurrency)
+            return await _run_batch(context, client, calls, concurrency)
 
         return run
 
     return prepare
 
 
+async def _item_entry(
+    context: JobContext, client: UpstreamClient, index: int, item: str | int, path: str
+) -> dict[str, Any]:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + client.config.timeout * (client.config.retries + 1) + 1
+    entry: dict[str, Any] = {"item": item}
+    try:
+        reply = await client.fetch(
+            "GET", path, deadline=deadline, headers={"X-Request-ID": f"{context.job_id}-{index}"}
+        )
+        entry["status"] = reply.status
+        entry["body"] = reply.json() if 200 <= reply.status < 300 else None
+    except UpstreamError as error:
+        entry["error"] = {"title": type(error).__name__, "detail": str(error)}
+    return entry
+
+
 async def _run_batch(
     context: JobContext,
     client: UpstreamClient,
-    path: str,
-    items: list[str | int],
+    calls: list[tuple[str | int, str]],
     concurrency: int,
 ) -> StoredResponse:
     slots = asyncio.Semaphore(concurrency)
-    results: list[dict[str, Any] | None] = [None] * len(items)
-    done = 0
-    await context.progress(0, len(items), "starting")
+    limit = context.max_result_bytes
+    # Each item's entry is kept as its JSON text only (not the upstream's bytes,
+    # nor the parsed body): what is held is what the result will be, counted
+    # against the limit as it grows, and the job fails as soon as it passes it.
+    fragments: list[bytes] = [b""] * len(calls)
+    size = done = failed = 0
+    await context.progress(0, len(calls), "starting")
 
-    async def one(index: int, item: str | int) -> None:
-        nonlocal done
+    async def one(index: int, item: str | int, path: str) -> None:
+        nonlocal size, done, failed
         async with slots:
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + client.config.timeout * (client.config.retries + 1) + 1
-            entry: dict[str, Any] = {"item": item}
-            try:
-                reply = await client.fetch(
-                    "GET",
-                    expand_path(path, {"item": item}),
-                    deadline=deadline,
-                    headers={"X-Request-ID": f"{context.job_id}-{index}"},
-                )
-                entry["status"] = reply.status
-                entry["body"] = reply.json() if 200 <= reply.status < 300 else None
-            except UpstreamError as error:
-                entry["error"] = {"title": type(error).__name__, "detail": str(error)}
-            results[index] = entry
+            entry = await _item_entry(context, client, index, item, path)
+            failed += "error" in entry
+            fragment = json.dumps(entry).encode()
+            del entry
+            size += len(fragment) + len(_SEPARATOR)
+            if size > limit:
+                raise ResultTooLarge(limit)
+            fragments[index] = fragment
             done += 1
-            await context.progress(done, len(items), f"{done} of {len(items)}")
+            await context.progress(done, len(calls), f"{done} of {len(calls)}")
 
-    # A cancelled job cancels every call in flight (TaskGroup), aborting them.
+    # A cancelled job cancels every call in flight (TaskGroup), aborting them;
+    # so does an item that takes the result past the limit.
     async with asyncio.TaskGroup() as group:
-        for index, item in enumerate(items):
-            group.create_task(one(index, item))
-    failed = sum(1 for entry in results if entry and "error" in entry)
-    body = {
-        "upstream": client.name,
-        "succeeded": len(items) - failed,
-        "failed": failed,
-        "results": results,
-    }
-    return StoredResponse(
-        status=200,
-        headers=(("Content-Type", "application/json"),),
-        body=json.dumps(body).encode(),
+        for index, (item, path) in enumerate(calls):
+            group.create_task(one(index, item, path))
+    # Exactly json.dumps of the whole result (its default separators), built from the parts.
+    head = {"upstream": client.name, "succeeded": len(calls) - failed, "failed": failed}
+    body = b"".join(
+        (json.dumps(head)[:-1].encode(), b', "results": [', _SEPARATOR.join(fragments), b"]}")
     )
+    return StoredResponse(status=200, headers=(("Content-Type", "application/json"),), body=body)
 
 
 def shipped_kinds(app: Flask) -> list[JobKind]:

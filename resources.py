@@ -67,6 +67,7 @@ async def _jobs(app: Flask) -> AsyncIterator[None]:
         max_pending=config.max_pending,
         default_timeout=config.default_timeout,
         result_ttl=config.result_ttl,
+        max_result_bytes=config.max_result_bytes,
         lease_seconds=app.config["JOB_LEASE_SECONDS"],
         poll_seconds=app.config["JOB_POLL_SECONDS"],
         sweep_seconds=app.config["JOB_SWEEP_SECONDS"],

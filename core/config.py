@@ -176,6 +176,8 @@ class JobsConfig:
     max_pending: int = 1000
     default_timeout: float = 300.0
     result_ttl: float = 86400.0
+    #: The largest result (body and headers) a job may store; larger fails it.
+    max_result_bytes: int = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -496,6 +498,7 @@ class _Parser:
             max_pending=self.integer(table, "max_pending", path, d.max_pending, 0),
             default_timeout=self.number(table, "default_timeout", path, d.default_timeout, above=0),
             result_ttl=self.number(table, "result_ttl", path, d.result_ttl, above=0),
+            max_result_bytes=self.integer(table, "max_result_bytes", path, d.max_result_bytes, 1),
         )
 
     def auth(self, table: Mapping[str, object]) -> AuthConfig:

@@ -16,6 +16,7 @@ from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import HTTPException
 
 from bridge import iterate_async
+from core.client_json import InvalidJSON, parse_client_json
 from errors import problem_response
 from jobs.kinds import InvalidParams
 from jobs.model import JobRecord, JobStatus, StoredResponse, is_job_id
@@ -205,10 +206,14 @@ async def start(kind: str) -> Response:
     params: Any = {}
     # Read, not judged by Content-Length: a chunked body has none.
     if data := request.get_data():
+        if not request.is_json:
+            # A web page can send a text/plain or form body cross-site with no CORS
+            # preflight; demanding JSON keeps such pages from starting jobs.
+            abort(415, description="The body must be sent as application/json.")
         try:
-            params = json.loads(data)
-        except ValueError:
-            abort(400, description="The body must be a JSON document.")
+            params = parse_client_json(data)
+        except InvalidJSON as exc:
+            abort(400, description=f"The body must be a JSON document: {exc}.")
     try:
         body = found.prepare(params)
     except InvalidParams as exc:

@@ -706,6 +706,7 @@ def _job_start(builder: _Builder, route: _Route, method: str) -> JSONObject:
             "400": _ref("responses", "BadRequest"),
             "404": _ref("responses", "NotFound"),
             "413": _ref("responses", "PayloadTooLarge"),
+            "415": _response("The body is not declared application/json.", _problem()),
             "422": _ref("responses", "KeyReused"),
             "503": _ref("responses", "StartRefused"),
         },

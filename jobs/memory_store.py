@@ -14,8 +14,8 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import replace as evolve
-from typing import Any
 
+from core.client_json import InvalidJSON, parse_client_json
 from jobs.model import JobRecord, JobStatus
 from jobs.store import InvalidCursor, Page, StaleRecord
 
@@ -25,13 +25,9 @@ ACTIVE = (JobStatus.PENDING, JobStatus.RUNNING)
 
 def encode_cursor(created_at: float, job_id: str) -> str:
     """Encode the listing position just after the job (``created_at``, ``job_id``)."""
-    raw = json.dumps([created_at, job_id], separators=(",", ":")).encode()
+    # Always a float (1.0, not 1): decode_cursor accepts nothing else.
+    raw = json.dumps([float(created_at), job_id], separators=(",", ":")).encode()
     return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
-
-
-def _reject_constant(name: str) -> Any:
-    # json.loads accepts NaN and Infinity by default; no cursor of ours holds them.
-    raise ValueError(name)
 
 
 def decode_cursor(cursor: str) -> tuple[float, str]:
@@ -39,18 +35,20 @@ def decode_cursor(cursor: str) -> tuple[float, str]:
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         raw = base64.b64decode(padded.encode("ascii"), altchars=b"-_", validate=True)
-        value = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
-    except (UnicodeError, binascii.Error, ValueError) as exc:
+        # Strict and shallow: a forged cursor may nest deep or hold NaN.
+        value = parse_client_json(raw.decode("utf-8"), max_depth=1)
+    except (UnicodeError, binascii.Error, InvalidJSON) as exc:
         raise InvalidCursor("not a job listing cursor") from exc
     if (
         isinstance(value, list)
         and len(value) == 2
-        and isinstance(value[0], int | float)
-        and not isinstance(value[0], bool)
+        and isinstance(value[0], float)
         and math.isfinite(value[0])
         and isinstance(value[1], str)
+        # A JSON escape can make a lone surrogate, which no store can encode.
+        and value[1] == value[1].encode("utf-8", "replace").decode("utf-8")
     ):
-        return float(value[0]), value[1]
+        return value[0], value[1]
     raise InvalidCursor("not a job listing cursor")
 
 

@@ -28,6 +28,8 @@ class JobLimits:
     max_pending: int = 1000
     default_timeout: float = 300.0
     result_ttl: float = 86400.0
+    #: The largest result a job may store (body and headers, in bytes).
+    max_result_bytes: int = 16 * 1024 * 1024
     #: How long a worker's claim on its jobs holds without renewal.
     lease_seconds: float = 10.0
     #: How often leases are renewed, remote cancels looked for, and watchers re-read.
@@ -69,6 +71,27 @@ class JobFailure(Exception):
         self.problem = problem
 
 
+class ResultTooLarge(JobFailure):
+    """A job's result would be larger than a job may store (507, naming the limit)."""
+
+    def __init__(self, limit: int) -> None:
+        # 507 Insufficient Storage (RFC 4918 11.5): the server cannot store
+        # what completing the request needs. Not the upstream's fault (502),
+        # and the same request fails the same way again.
+        super().__init__(
+            {
+                "type": "about:blank",
+                "title": "Job Result Too Large",
+                "status": 507,
+                "detail": (
+                    f"The job's result would be larger than {limit} bytes, the most a job "
+                    "may store ([jobs] max_result_bytes); ask for less per job."
+                ),
+                "max_result_bytes": limit,
+            }
+        )
+
+
 class JobContext:
     """What a running job sees: its record's params, and progress reporting."""
 
@@ -94,6 +117,11 @@ class JobContext:
     def record(self) -> JobRecord:
         """The job's record as last written by this context."""
         return self._record
+
+    @property
+    def max_result_bytes(self) -> int:
+        """The largest result the job may return (body and headers); larger fails it."""
+        return self._registry.limits.max_result_bytes
 
     @property
     def params(self) -> Any:
@@ -368,11 +396,16 @@ class JobRegistry:
                     "type": "about:blank",
                     "title": "Job Failed",
                     "status": 500,
-                    "detail": f"The job failed ({type(exc).__name__}).",
+                    "detail": f"The job failed ({_error_name(exc)}).",
                 },
             )
 
     async def _finish(self, record: JobRecord, result: StoredResponse) -> None:
+        limit = self.limits.max_result_bytes
+        if _size(result) > limit:
+            # Stored, it would be kept (and served whole) for result_ttl.
+            await self._failed(record, ResultTooLarge(limit).problem)
+            return
         if result.status >= 500:
             # The endpoint itself failed: the job failed with its problem.
             await self._failed(record, _problem_of(result))
@@ -582,10 +615,14 @@ def _visible(record: JobRecord) -> tuple[Any, ...]:
     return (record.status, record.progress, record.started_at, record.finished_at, record.error)
 
 
+def _size(result: StoredResponse) -> int:
+    return len(result.body) + sum(len(name) + len(value) for name, value in result.headers)
+
+
 def _problem_of(result: StoredResponse) -> dict[str, Any]:
     try:
         problem = json.loads(result.body)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
         problem = None
     if isinstance(problem, dict) and "status" in problem:
         return problem
@@ -611,6 +648,13 @@ def _unwrap(group: ExceptionGroup[Exception]) -> Exception:
     if failures is not None and rest is None:
         return _first(failures)
     return group
+
+
+def _error_name(error: Exception) -> str:
+    # A TaskGroup's ExceptionGroup says nothing: name what its first task raised.
+    if isinstance(error, BaseExceptionGroup):
+        return type(_first(error)).__name__
+    return type(error).__name__
 
 
 def _first(group: BaseExceptionGroup[Exception]) -> Exception:
