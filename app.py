@@ -13,7 +13,6 @@ from auth import install_auth
 from bridge import ASGIBridge, BridgeFlask
 from bridge.gc_tuning import tuned_gc
 from bridge.h2c import refuse_h2c_upgrades
-from core.client_json import parse_client_json
 from core.config import GatewayConfig, load_gateway_config
 from errors import install_error_handlers
 from handlers import demo, health, jobs, jobs_ui, openapi, ops, proxy
@@ -33,16 +32,21 @@ def _server_settings(gateway: GatewayConfig) -> dict[str, Any]:
     }
 
 
-class _StrictJSON(DefaultJSONProvider):
-    """Flask's JSON, reading as ``parse_client_json`` does.
+class _ClientJSON(DefaultJSONProvider):
+    """Flask's JSON, except that nesting too deep to parse is invalid JSON (400), not a 500.
 
-    ``request.get_json()`` then answers 400 for a body nested too deep (a
-    RecursionError otherwise: 500), NaN or Infinity, as for any invalid JSON.
+    Python's parser recurses: a body of 100,000 ``[`` raises RecursionError,
+    which Flask does not take for invalid JSON. Everything else reads as in
+    plain Flask (NaN and Infinity included); Fanout's own routes parse
+    stricter, with ``core.client_json``.
     """
 
     def loads(self, s: str | bytes, **kwargs: Any) -> Any:
-        """Decode JSON; raise ValueError for what is not JSON we accept."""
-        return parse_client_json(s, **kwargs)
+        """Decode JSON; raise ValueError for what cannot be decoded."""
+        try:
+            return super().loads(s, **kwargs)
+        except RecursionError:
+            raise ValueError("JSON nested too deep") from None
 
 
 def create_app(config: Mapping[str, Any] | None = None) -> BridgeFlask:
@@ -54,7 +58,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> BridgeFlask:
     gateway = load_gateway_config(config_path(config), os.environ)
     # No static folder: the gateway serves no files, and /static would only 404.
     app = BridgeFlask(__name__, static_folder=None)
-    app.json = _StrictJSON(app)
+    app.json = _ClientJSON(app)
     load_settings(app, config, _server_settings(gateway))
     install_request_ids(app)
     install_auth(app, gateway.auth.api_keys)

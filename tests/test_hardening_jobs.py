@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import math
 import sqlite3
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -384,9 +385,6 @@ async def test_a_forged_cursor_is_400(gateway: Gateway, raw: bytes) -> None:
     "body",
     [
         b"[" * 100_000 + b"]" * 100_000,
-        b"[" * 65 + b"]" * 65,
-        b'{"a": NaN}',
-        b"[Infinity]",
         b"\xff\xfe{}",
         b"[" + b"9" * 5000 + b"]",
     ],
@@ -408,6 +406,12 @@ async def test_a_view_reading_a_hostile_json_body_answers_400(
             headers=headers,
         )
         assert status == 200 and echoed == json.loads("[" * 64 + "]" * 64)
+        # What plain Flask reads, a view reads too (NaN, deep but parseable).
+        deep = b"[" * 200 + b"]" * 200
+        status, _, echoed = await _json(
+            served, "POST", "/test/json", data=b"[NaN, Infinity, " + deep + b"]", headers=headers
+        )
+        assert status == 200 and echoed[1:] == [math.inf, json.loads(deep)]
 
 
 @pytest.mark.parametrize(
