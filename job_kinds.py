@@ -91,6 +91,9 @@ async def _run_batch(
                     expand_path(path, {"item": item}),
                     deadline=deadline,
                     headers={"X-Request-ID": f"{context.job_id}-{index}"},
+                    # The client wrote the path: its answers' statuses say
+                    # nothing of the upstream's health (see BlameRule).
+                    path_from_client=True,
                 )
                 entry["status"] = reply.status
                 entry["body"] = reply.json() if 200 <= reply.status < 300 else None

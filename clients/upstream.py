@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
+import logging
 from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import aiohttp
+from aiohttp.http_exceptions import ContentLengthError
 
 from clients.errors import (
     BadUpstreamPayload,
@@ -16,8 +19,10 @@ from clients.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from core.circuit import FailureKind
 
 T = TypeVar("T")
+logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
 
@@ -78,7 +83,46 @@ async def call_upstream(
     except TimeoutError as exc:
         raise UpstreamTimeout(upstream, f"{upstream} did not answer within {deadline}s") from exc
     except (aiohttp.ClientError, OSError) as exc:
-        raise UpstreamUnavailable(upstream, f"{upstream} is unavailable: {exc}") from exc
+        _kind, phrase = classify_failure(exc)
+        # The exception's text (URL, address) is for the log only.
+        logger.warning(
+            "upstream call",
+            extra={"upstream": upstream, "method": method, "cause": f"{type(exc).__name__}: {exc}"},
+        )
+        raise UpstreamUnavailable(upstream, f"{upstream} {phrase}") from exc
+
+
+def classify_failure(error: BaseException) -> tuple[FailureKind, str]:
+    """The kind of a failed call's transport error, and a phrase saying it to a client.
+
+    The phrase ("is unavailable: connection refused", "sent a malformed
+    response") never carries the exception's text: aiohttp's messages name
+    the URL (whose path may hold a secret from the config) or the host and
+    port. The caller logs the exception itself.
+    """
+    if isinstance(error, aiohttp.ClientConnectorDNSError):
+        return FailureKind.CONNECT, "is unavailable: its host name did not resolve"
+    if isinstance(error, aiohttp.ClientConnectorCertificateError):
+        return FailureKind.CONNECT, "is unavailable: its TLS certificate was refused"
+    if isinstance(error, aiohttp.ClientConnectorSSLError):
+        return FailureKind.CONNECT, "is unavailable: the TLS handshake failed"
+    if isinstance(error, aiohttp.ClientConnectorError):
+        if error.os_error.errno == errno.ECONNREFUSED:
+            return FailureKind.CONNECT, "is unavailable: connection refused"
+        return FailureKind.CONNECT, "is unavailable: could not connect"
+    if isinstance(error, aiohttp.ConnectionTimeoutError):
+        return FailureKind.CONNECT, "is unavailable: the connection was not accepted in time"
+    if isinstance(error, aiohttp.ClientPayloadError):
+        if isinstance(error.__cause__, ContentLengthError):
+            # Fewer bytes than announced, then the end: a reset or a close.
+            return FailureKind.BROKEN, "is unavailable: its answer was cut short"
+        return FailureKind.MALFORMED, "sent a malformed response body"
+    if isinstance(error, aiohttp.ClientResponseError):
+        # Also a Content-Encoding aiohttp cannot decode (br without Brotli).
+        return FailureKind.MALFORMED, "sent a malformed response"
+    if isinstance(error, aiohttp.ServerDisconnectedError):
+        return FailureKind.BROKEN, "is unavailable: it closed the connection"
+    return FailureKind.BROKEN, "is unavailable: the connection broke"
 
 
 async def read_capped(response: aiohttp.ClientResponse, upstream: str, limit: int) -> bytes:

@@ -1,0 +1,321 @@
+"""Hostile clients and upstreams against the upstream client, through the real stack.
+
+What counts against an upstream's circuit, what an error's detail may say
+about an upstream, route-bound query parameters, and hostile answers to the
+gateway's own (aggregate) calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import socket
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.fault_upstream import FaultUpstream
+from tests.gateway_serving import Gateway, gateway_serving
+from tests.hostile_upstream import MALFORMED, HostileUpstream, hostile_upstream
+
+#: A secret put into an upstream's base path through ${VAR}, as a user might.
+SECRET = "tenant-7f3c9d2a1b"
+
+
+def _config(fault_url: str, hostile_port: int, refused_port: int) -> str:
+    return f"""
+[jobs]
+store = "memory://"
+
+[upstreams.hostile]
+base_url = "http://127.0.0.1:{hostile_port}/${{HOSTILE_SECRET}}"
+internal = true
+timeout = 2.0
+retries = 0
+circuit_breaker = {{ failures = 1000, reset_after = 1.0 }}
+
+[upstreams.gone]
+# A port bound but not listening: every connect is refused.
+base_url = "http://127.0.0.1:{refused_port}/${{HOSTILE_SECRET}}"
+internal = true
+retries = 0
+circuit_breaker = {{ failures = 3, reset_after = 30.0 }}
+
+[upstreams.fragile]
+base_url = "{fault_url}"
+internal = true
+timeout = 1.0
+retries = 0
+circuit_breaker = {{ failures = 3, reset_after = 30.0 }}
+
+[upstreams.brittle]
+base_url = "{fault_url}"
+internal = true
+timeout = 1.0
+retries = 0
+circuit_breaker = {{ failures = 2, reset_after = 0.3 }}
+
+[[endpoints]]
+path = "/hostile/<case>"
+timeout = 5.0
+  [[endpoints.backends]]
+  upstream = "hostile"
+  path = "/{{case}}"
+
+[[endpoints]]
+path = "/gone"
+  [[endpoints.backends]]
+  upstream = "gone"
+  path = "/x"
+
+[[endpoints]]
+path = "/fragile"
+  [[endpoints.backends]]
+  upstream = "fragile"
+  path = "/users/1"
+
+[[endpoints]]
+path = "/brittle/<int:status>"
+  [[endpoints.backends]]
+  upstream = "brittle"
+  path = "/json?status={{status}}"
+
+[[endpoints]]
+path = "/orders/<user_id>"
+  [[endpoints.backends]]
+  upstream = "hostile"
+  path = "/echo-query?user={{user_id}}&kind=open"
+  pass_query = true
+"""
+
+
+@pytest.fixture
+def refused_port() -> Iterator[int]:
+    """A port on 127.0.0.1 that refuses connections: bound, never listening."""
+    with socket.socket() as bound:
+        bound.bind(("127.0.0.1", 0))
+        yield bound.getsockname()[1]
+
+
+@pytest.fixture
+async def hostile() -> AsyncIterator[HostileUpstream]:
+    """The raw hostile upstream."""
+    async with hostile_upstream() as state:
+        yield state
+
+
+@pytest.fixture
+async def gateway(
+    fault: FaultUpstream,
+    hostile: HostileUpstream,
+    refused_port: int,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> AsyncIterator[Gateway]:
+    """The gateway, its upstreams' base paths holding SECRET."""
+    monkeypatch.setenv("HOSTILE_SECRET", SECRET)
+    async with gateway_serving(_config(fault.url, hostile.port, refused_port), tmp_path) as served:
+        yield served
+
+
+async def _text(gateway: Gateway, method: str, path: str, **kwargs: Any) -> tuple[int, str]:
+    async with gateway.client.request(method, path, **kwargs) as response:
+        return response.status, await response.text()
+
+
+async def _batch_result(gateway: Gateway, upstream: str, path: str, items: list[Any]) -> str:
+    body = {"upstream": upstream, "path": path, "items": items, "concurrency": 5}
+    async with gateway.client.post("/jobs/batch", json=body) as response:
+        assert response.status == 202, await response.text()
+        job = await response.json()
+    for _ in range(100):
+        async with gateway.client.get(f"/jobs/{job['id']}?wait=5") as response:
+            state = await response.json()
+        if state["status"] not in ("pending", "running"):
+            break
+    assert state["status"] == "succeeded", state
+    async with gateway.client.get(state["result_url"]) as response:
+        return await response.text()
+
+
+def _assert_names_only_the_upstream(text: str, *ports: int) -> None:
+    assert SECRET not in text, text
+    assert "127.0.0.1" not in text, text
+    for port in ports:
+        assert str(port) not in text, text
+
+
+# --- finding 6: problem details name the upstream, never its address ----------
+
+
+async def test_malformed_answers_and_refusals_name_only_the_upstream(
+    gateway: Gateway,
+    hostile: HostileUpstream,
+    refused_port: int,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="clients.upstream_client")
+    ports = (hostile.port, refused_port)
+    for case in MALFORMED:
+        for path in (f"/proxy/hostile/{case}", f"/hostile/{case}"):
+            status, text = await _text(gateway, "GET", path)
+            assert status == 502, (path, text)
+            _assert_names_only_the_upstream(text, *ports)
+            assert "hostile sent a malformed response" in text, (path, text)
+    for path in ("/proxy/gone/x", "/gone"):
+        status, text = await _text(gateway, "GET", path)
+        assert status == 502, (path, text)
+        _assert_names_only_the_upstream(text, *ports)
+        assert "gone is unavailable: connection refused" in text, (path, text)
+    text = await _batch_result(gateway, "hostile", "/{item}", list(MALFORMED))
+    _assert_names_only_the_upstream(text, *ports)
+    details = [entry["error"]["detail"] for entry in json.loads(text)["results"]]
+    assert details == ["hostile sent a malformed response"] * len(MALFORMED)
+    text = await _batch_result(gateway, "gone", "/{item}", ["x"])
+    _assert_names_only_the_upstream(text, *ports)
+    assert "gone is unavailable: connection refused" in text
+    # The log line keeps the cause, for the operator.
+    causes = [getattr(r, "cause", "") for r in caplog.records if r.getMessage() == "upstream call"]
+    assert any("Bad status line" in cause for cause in causes), causes
+    assert any("Invalid character in chunk size" in cause for cause in causes), causes
+    assert any("Connect call failed" in cause for cause in causes), causes
+
+
+# --- finding 4: what counts against an upstream's circuit ---------------------
+
+
+async def test_proxied_5xx_answers_leave_the_circuit_closed(gateway: Gateway) -> None:
+    for path in ["/json?status=500", "/json?status=502", "/storm", "/html-error"] * 3:
+        status, _ = await _text(gateway, "GET", f"/proxy/fragile{path}")
+        assert status >= 500
+    status, text = await _text(gateway, "GET", "/fragile")
+    assert status == 200, text
+
+
+async def _short_upload(gateway: Gateway, *, close_early: bool) -> None:
+    """POST 10 of 100 announced bytes; then hang up our side, or wait a while and leave."""
+    host, port = gateway.url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(
+            b"POST /proxy/fragile/upload HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n"
+            + b"x" * 10
+        )
+        await writer.drain()
+        if close_early:
+            await asyncio.sleep(0.2)  # the upload is under way upstream
+            writer.write_eof()
+        with contextlib.suppress(TimeoutError):
+            # Past the upstream's timeout, whether or not the gateway answers.
+            await asyncio.wait_for(reader.read(), 3)
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
+async def _trickled_upload(gateway: Gateway) -> None:
+    """Announce 100 bytes, send one every 0.3 s for longer than the upstream's timeout, hang up."""
+    host, port = gateway.url.removeprefix("http://").split(":")
+    _reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(
+            b"POST /proxy/fragile/upload HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n"
+        )
+        for _ in range(6):
+            writer.write(b"x")
+            await writer.drain()
+            await asyncio.sleep(0.3)
+    except OSError:
+        pass  # the gateway may give up on us first
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
+async def _chunked_under_a_larger_length(gateway: Gateway) -> None:
+    """A whole chunked body of 5 bytes under a Content-Length of 100 (short, upstream)."""
+    host, port = gateway.url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(
+            b"POST /proxy/fragile/upload HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+        )
+        await writer.drain()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(reader.read(), 3)
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
+async def test_short_and_trickled_uploads_do_not_open_the_circuit(gateway: Gateway) -> None:
+    for _ in range(4):  # more than the upstream's 3 failures
+        await _short_upload(gateway, close_early=False)
+        await _short_upload(gateway, close_early=True)
+        await _chunked_under_a_larger_length(gateway)
+    await asyncio.gather(*(_trickled_upload(gateway) for _ in range(4)))
+    status, text = await _text(gateway, "GET", "/fragile")
+    assert status == 200, text
+
+
+async def test_a_refusing_upstream_still_opens_its_circuit_through_the_proxy(
+    gateway: Gateway,
+) -> None:
+    # Connect failures count even while the client's upload is under way.
+    for method, body in [("GET", None), ("POST", b"x" * 1000), ("PUT", b"y")]:
+        status, text = await _text(gateway, method, "/proxy/gone/x", data=body)
+        assert status == 502, text
+    status, text = await _text(gateway, "GET", "/proxy/gone/x")
+    assert status == 503 and "circuit open" in text, text
+    status, text = await _text(gateway, "GET", "/gone")
+    assert status == 502 and "circuit open" in text, text
+
+
+async def test_an_upstream_that_never_answers_in_time_opens_its_circuit_through_the_proxy(
+    gateway: Gateway,
+) -> None:
+    # A head missing past the upstream's own timeout, the request sent whole:
+    # the gateway's deadline, so it counts.
+    statuses = await asyncio.gather(
+        *(_text(gateway, "GET", "/proxy/fragile/never") for _ in range(3))
+    )
+    assert [status for status, _ in statuses] == [504] * 3
+    status, text = await _text(gateway, "GET", "/fragile")
+    assert status == 502 and "circuit open" in text, text
+
+
+async def test_a_batch_jobs_5xx_answers_leave_the_circuit_closed(gateway: Gateway) -> None:
+    # A batch job's path is the client's choice, as a proxied one is.
+    text = await _batch_result(gateway, "fragile", "/json?status=500&i={item}", list(range(6)))
+    assert json.loads(text)["results"][0]["status"] == 500
+    status, text = await _text(gateway, "GET", "/fragile")
+    assert status == 200, text
+
+
+async def test_a_proxied_5xx_trial_hands_the_trial_on(gateway: Gateway) -> None:
+    # The gateway's own 500s open the circuit (it chose the path).
+    for _ in range(2):
+        assert (await _text(gateway, "GET", "/brittle/500"))[0] == 502
+    status, text = await _text(gateway, "GET", "/brittle/200")
+    assert status == 502 and "circuit open" in text, text
+    await asyncio.sleep(0.4)  # half-open
+    # A proxied 500 as the trial says nothing: the next call is the trial.
+    assert (await _text(gateway, "GET", "/proxy/brittle/json?status=500"))[0] == 500
+    status, text = await _text(gateway, "GET", "/brittle/200")
+    assert status == 200, text
+
+
+# --- finding 10: route-bound query parameters win ------------------------------
+
+
+async def test_route_bound_query_parameters_win_over_the_clients(gateway: Gateway) -> None:
+    status, text = await _text(
+        gateway, "GET", "/orders/7?user=999&us%65r=998&page=2&kind=secret&x=1;user=997"
+    )
+    assert status == 200, text
+    assert json.loads(text)["query"] == "user=7&kind=open&page=2"
