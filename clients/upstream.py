@@ -6,6 +6,7 @@ import asyncio
 import errno
 import json
 import logging
+import math
 from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -25,6 +26,10 @@ T = TypeVar("T")
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
+#: Content-Encodings a body is read in: none, or one aiohttp decodes itself
+#: (it decodes only a single coding; "br" and "zstd" fail there when their
+#: libraries are missing, as malformed answers).
+_DECODED_ENCODINGS = frozenset({"", "identity", "gzip", "deflate", "br", "zstd"})
 
 
 @dataclass(frozen=True)
@@ -43,11 +48,24 @@ class UpstreamReply:
         return self
 
     def json(self) -> Any:
-        """Decode the body as JSON, or raise BadUpstreamPayload."""
+        """Decode the body as JSON (RFC 8259: no NaN nor infinity), or raise BadUpstreamPayload."""
         try:
-            return json.loads(self.body)
+            # Python's decoder takes NaN, Infinity and 1e999 (inf); passed on,
+            # they would make the gateway's own answer invalid JSON.
+            return json.loads(self.body, parse_constant=_not_json, parse_float=_finite_float)
         except (ValueError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
             raise BadUpstreamPayload(self.upstream, f"invalid JSON from {self.upstream}") from exc
+
+
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError("a number out of the range of a double")
+    return value
 
 
 async def call_all(*calls: Coroutine[Any, Any, T]) -> list[T]:
@@ -127,6 +145,13 @@ def classify_failure(error: BaseException) -> tuple[FailureKind, str]:
 
 async def read_capped(response: aiohttp.ClientResponse, upstream: str, limit: int) -> bytes:
     """Read the whole (decompressed) body, or raise BadUpstreamPayload past ``limit`` bytes."""
+    encoding = response.headers.get("Content-Encoding", "").strip().lower()
+    if encoding not in _DECODED_ENCODINGS:
+        # aiohttp passes any other coding through as it came: the bytes
+        # would be read as if they were the body itself.
+        raise BadUpstreamPayload(
+            upstream, f"{upstream} answered in a Content-Encoding it cannot decode"
+        )
     if response.content_length is not None:
         if response.content_length > limit:
             raise BadUpstreamPayload(upstream, f"{upstream} answered more than {limit} bytes")

@@ -319,3 +319,49 @@ async def test_route_bound_query_parameters_win_over_the_clients(gateway: Gatewa
     )
     assert status == 200, text
     assert json.loads(text)["query"] == "user=7&kind=open&page=2"
+
+
+# --- further probes: hostile answers to an aggregate endpoint ------------------
+
+
+def _strict_json(text: str) -> Any:
+    """Parse as RFC 8259 JSON: NaN and Infinity are not JSON."""
+
+    def refuse(name: str) -> Any:
+        raise ValueError(f"{name} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+#: What the aggregate endpoint answers for each hostile answer: (status, the
+#: merged body or how the backend's error detail starts).
+HOSTILE_AGGREGATES: dict[str, tuple[int, Any]] = {
+    "short-body": (502, "hostile is unavailable: its answer was cut short"),
+    "gzip-bad-crc": (502, "hostile sent a malformed response body"),
+    "brotli": (502, "hostile sent a malformed response"),
+    "unknown-encoding": (502, "hostile answered in a Content-Encoding it cannot decode"),
+    "double-gzip": (502, "hostile answered in a Content-Encoding it cannot decode"),
+    "no-content-with-body": (502, "hostile sent a malformed response"),
+    "continue-first": (200, {"after": "1xx"}),
+    "bom": (200, {"a": 1}),
+    "utf-16": (200, {"a": "\u00e9"}),
+    "nan": (502, "invalid JSON from hostile"),
+    "overflow": (502, "invalid JSON from hostile"),
+    "long-int": (502, "invalid JSON from hostile"),
+    "duplicate-keys": (200, {"a": 2}),
+}
+
+
+@pytest.mark.parametrize("case", HOSTILE_AGGREGATES)
+async def test_hostile_answers_to_an_aggregate_endpoint(
+    gateway: Gateway, hostile: HostileUpstream, case: str
+) -> None:
+    expected_status, expected = HOSTILE_AGGREGATES[case]
+    status, text = await _text(gateway, "GET", f"/hostile/{case}")
+    assert status == expected_status, text
+    body = _strict_json(text)  # the gateway's answer is always strict JSON
+    if status == 200:
+        assert body == expected
+    else:
+        assert body["errors"]["hostile"]["detail"].startswith(expected), body
+        _assert_names_only_the_upstream(text, hostile.port)
