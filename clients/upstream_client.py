@@ -337,10 +337,8 @@ class UpstreamClient:
         if self._refused is not None:
             raise BlockedDestination(self.name, self._refused)
         if not self.breaker.allow():
-            raise CircuitOpen(
-                self.name,
-                f"{self.name}: circuit open, retry in {self.breaker.retry_after():.3g}s",
-            )
+            wait = self.breaker.retry_after()
+            raise CircuitOpen(self.name, f"{self.name}: circuit open, retry in {wait:.3g}s", wait)
         # A trial that then fails unrecorded (a slot wait or a try cut short by
         # the caller's deadline, a cancellation) is handed back with
         # breaker.abandon_trial(): the next call is the trial, not a fast

@@ -84,6 +84,21 @@ path = "/brittle/<int:status>"
   upstream = "brittle"
   path = "/json?status={{status}}"
 
+[upstreams.patient]
+base_url = "http://127.0.0.1:{hostile_port}"
+internal = true
+timeout = 2.0
+retries = 3
+retry_budget = 1.0
+circuit_breaker = {{ failures = 2, reset_after = 30.0 }}
+
+[[endpoints]]
+path = "/patient"
+timeout = 20.0
+  [[endpoints.backends]]
+  upstream = "patient"
+  path = "/retry-after-huge"
+
 [[endpoints]]
 path = "/orders/<user_id>"
   [[endpoints.backends]]
@@ -270,8 +285,12 @@ async def test_a_refusing_upstream_still_opens_its_circuit_through_the_proxy(
     for method, body in [("GET", None), ("POST", b"x" * 1000), ("PUT", b"y")]:
         status, text = await _text(gateway, method, "/proxy/gone/x", data=body)
         assert status == 502, text
-    status, text = await _text(gateway, "GET", "/proxy/gone/x")
+    async with gateway.client.get("/proxy/gone/x") as response:
+        status, text = response.status, await response.text()
+        retry_after = int(response.headers["Retry-After"])
     assert status == 503 and "circuit open" in text, text
+    # When the circuit will let a call through, not "1" for 30 s.
+    assert 20 < retry_after <= 30
     status, text = await _text(gateway, "GET", "/gone")
     assert status == 502 and "circuit open" in text, text
 
@@ -365,3 +384,26 @@ async def test_hostile_answers_to_an_aggregate_endpoint(
     else:
         assert body["errors"]["hostile"]["detail"].startswith(expected), body
         _assert_names_only_the_upstream(text, hostile.port)
+
+
+# --- further probes: breaker and retry abuse -----------------------------------
+
+
+async def test_a_429_storm_with_a_huge_retry_after_neither_stalls_nor_opens_the_circuit(
+    gateway: Gateway, hostile: HostileUpstream
+) -> None:
+    started = asyncio.get_running_loop().time()
+    results = await asyncio.gather(*(_text(gateway, "GET", "/patient") for _ in range(5)))
+    elapsed = asyncio.get_running_loop().time() - started
+    for status, text in results:
+        assert status == 502 and "patient answered HTTP 429" in text, text
+    # The upstream's Retry-After (11 days) is not slept on: the retries keep
+    # to the gateway's own backoff, well inside the 20 s deadline.
+    assert elapsed < 10
+    tries = hostile.targets.count("/retry-after-huge")
+    # Retried, at most 3 times per call (identical GETs in flight share one).
+    assert 1 < tries <= 20
+    # A 429 is the upstream asking for less, not failing: the circuit
+    # (2 failures) stays closed.
+    status, text = await _text(gateway, "GET", "/patient")
+    assert "circuit open" not in text, text
