@@ -6,6 +6,7 @@ import functools
 import hashlib
 import io
 import json
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -22,6 +23,7 @@ from jobs.registry import IdempotencyConflict, JobBody, JobContext, QueueFull, R
 from jobs.store import InvalidCursor, StoreUnavailable
 from resources import job_kinds, job_registry
 
+logger = logging.getLogger(__name__)
 blueprint = Blueprint("jobs", __name__)
 
 MAX_WAIT_SECONDS = 60.0
@@ -105,9 +107,17 @@ async def start_job(
         return problem_response(
             503, detail=str(full), headers={"Retry-After": str(full.retry_after)}
         )
-    except (RegistryClosed, StoreUnavailable) as exc:
+    except RegistryClosed as exc:
         return problem_response(
             503, detail=f"Jobs cannot be started now: {exc}", headers={"Retry-After": "5"}
+        )
+    except StoreUnavailable as exc:
+        # The store's error names its file or its server: for the log only.
+        logger.warning("job store unavailable", extra={"cause": str(exc)})
+        return problem_response(
+            503,
+            detail="Jobs cannot be started now: the job store is unavailable.",
+            headers={"Retry-After": "5"},
         )
     except IdempotencyConflict:
         # As the IETF Idempotency-Key draft asks: a key reused with another

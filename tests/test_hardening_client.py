@@ -12,7 +12,9 @@ import contextlib
 import json
 import logging
 import socket
+import sqlite3
 from collections.abc import AsyncIterator, Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -407,3 +409,26 @@ async def test_a_429_storm_with_a_huge_retry_after_neither_stalls_nor_opens_the_
     # (2 failures) stays closed.
     status, text = await _text(gateway, "GET", "/patient")
     assert "circuit open" not in text, text
+
+
+# --- the job store's address stays out of details, too -------------------------
+
+
+async def test_an_unavailable_job_store_is_not_named_in_the_detail(
+    fault: FaultUpstream, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="handlers.jobs")
+    path = tmp_path / "jobs-s3cr3t.db"
+    config = f'[upstreams.fault]\nbase_url = "{fault.url}"\ninternal = true\n'
+    async with gateway_serving(config, tmp_path, {"JOB_STORE": f"sqlite:///{path}"}) as gw:
+        with closing(sqlite3.connect(path, isolation_level=None)) as blocker:
+            # Another process holds the write lock past the store's busy timeout.
+            blocker.execute("BEGIN IMMEDIATE")
+            body = {"upstream": "fault", "path": "/json?i={item}", "items": [1]}
+            async with gw.client.post("/jobs/batch", json=body) as response:
+                status, text = response.status, await response.text()
+            blocker.execute("ROLLBACK")
+    assert status == 503, text
+    assert "s3cr3t" not in text and str(tmp_path) not in text, text
+    assert json.loads(text)["detail"] == "Jobs cannot be started now: the job store is unavailable."
+    assert any("s3cr3t" in getattr(r, "cause", "") for r in caplog.records)
