@@ -18,7 +18,9 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
+from yarl import URL
 
 from tests.fault_upstream import FaultUpstream
 from tests.gateway_serving import Gateway, gateway_serving
@@ -67,6 +69,12 @@ timeout = 5.0
   [[endpoints.backends]]
   upstream = "hostile"
   path = "/{{case}}"
+
+[[endpoints]]
+path = "/keyed/<id>"
+  [[endpoints.backends]]
+  upstream = "hostile"
+  path = "/${{HOSTILE_SECRET}}/users/{{id}}"
 
 [[endpoints]]
 path = "/gone"
@@ -432,3 +440,15 @@ async def test_an_unavailable_job_store_is_not_named_in_the_detail(
     assert "s3cr3t" not in text and str(tmp_path) not in text, text
     assert json.loads(text)["detail"] == "Jobs cannot be started now: the job store is unavailable."
     assert any("s3cr3t" in getattr(r, "cause", "") for r in caplog.records)
+
+
+async def test_a_refused_route_value_does_not_show_the_backend_path(gateway: Gateway) -> None:
+    # The backend's path template may hold a secret from ${VAR}.
+    url = URL(gateway.url + "/keyed/%2E%2E", encoded=True)  # not resolved by the client
+    async with aiohttp.ClientSession() as raw, raw.get(url) as response:
+        status, text = response.status, await response.text()
+    assert status == 400, text
+    assert SECRET not in text and "/users/" not in text, text
+    assert json.loads(text)["detail"] == (
+        "Invalid path parameter: a value may not make a path segment empty, '.' or '..'."
+    )
