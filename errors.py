@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from http import HTTPStatus
 from typing import Any
 
@@ -68,7 +69,11 @@ def upstream_status(error: UpstreamError) -> tuple[int, str]:
 
 def _upstream_error(error: UpstreamError) -> Response:
     status, title = upstream_status(error)
-    headers = {"Retry-After": "1"} if isinstance(error, CircuitOpen) else None
+    headers = None
+    if isinstance(error, CircuitOpen):
+        # When the circuit will next let a call through (whole seconds, at
+        # least 1), rather than inviting clients back every second meanwhile.
+        headers = {"Retry-After": str(max(1, math.ceil(error.retry_after)))}
     extensions: dict[str, Any] = {"upstream": error.upstream}
     if isinstance(error, UpstreamStatusError):
         extensions["upstream_status"] = error.status

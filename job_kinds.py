@@ -96,7 +96,13 @@ async def _item_entry(
     entry: dict[str, Any] = {"item": item}
     try:
         reply = await client.fetch(
-            "GET", path, deadline=deadline, headers={"X-Request-ID": f"{context.job_id}-{index}"}
+            "GET",
+            path,
+            deadline=deadline,
+            headers={"X-Request-ID": f"{context.job_id}-{index}"},
+            # The client wrote the path: its answers' statuses say nothing
+            # of the upstream's health (see BlameRule).
+            path_from_client=True,
         )
         entry["status"] = reply.status
         entry["body"] = reply.json() if 200 <= reply.status < 300 else None

@@ -45,6 +45,11 @@ class UpstreamStatusError(UpstreamError):
 class CircuitOpen(UpstreamError):
     """The upstream's circuit breaker is open: the call was not made."""
 
+    def __init__(self, upstream: str, message: str, retry_after: float = 1.0) -> None:
+        super().__init__(upstream, message)
+        #: Seconds until the circuit lets a trial call through.
+        self.retry_after = retry_after
+
 
 class BlockedDestination(UpstreamError):
     """The destination address is forbidden (loopback, private, metadata...): no connection made."""

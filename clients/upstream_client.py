@@ -23,8 +23,16 @@ from clients.errors import (
     UpstreamUnavailable,
 )
 from clients.safety import BlockedAddressError, blocked_cause, check_literal_host
-from clients.upstream import UpstreamReply, read_capped
-from core.circuit import CircuitBreaker, CircuitState
+from clients.upstream import UpstreamReply, classify_failure, read_capped
+from core.circuit import (
+    CLIENT_BODY,
+    CLIENT_PATH,
+    GATEWAY_CALL,
+    BlameRule,
+    CircuitBreaker,
+    CircuitState,
+    FailureKind,
+)
 from core.config import UpstreamConfig
 from core.retry import RETRYABLE_METHODS, RetryBudget, backoff_delay, is_retryable_status
 
@@ -59,7 +67,8 @@ class UpstreamClient:
     - GET and HEAD are retried on connection errors, timeouts and 429/502/
       503/504, with full-jitter backoff, while the deadline and the retry
       budget allow; other methods are never retried.
-    - A circuit breaker fails calls fast (CircuitOpen) after repeated failures.
+    - A circuit breaker fails calls fast (CircuitOpen) after repeated failures;
+      what counts depends on who chose the request (core.circuit.BlameRule).
     - At most ``max_connections`` calls are in flight; bodies over
       ``max_body_bytes`` (after decompression) are refused.
     - Redirects are followed only up to ``follow_redirects`` hops and only
@@ -94,7 +103,8 @@ class UpstreamClient:
         try:
             check_literal_host(origin.hostname or "", internal=config.internal)
         except BlockedAddressError as exc:
-            self._refused = f"{self.name}: {exc}"
+            # The reason only: the host is the config's business, not a client's.
+            self._refused = f"{self.name}: forbidden destination ({exc.reason})"
 
     @property
     def name(self) -> str:
@@ -123,8 +133,15 @@ class UpstreamClient:
         deadline: float,
         headers: Headers | None = None,
         body: bytes | None = None,
+        path_from_client: bool = False,
     ) -> UpstreamReply:
-        """Call the upstream and read its whole answer before ``deadline`` (loop time)."""
+        """Call the upstream and read its whole answer before ``deadline`` (loop time).
+
+        ``path_from_client``: the path was chosen by the gateway's client (a
+        batch job's), so only connection failures and timeouts count against
+        the upstream's circuit, never the answer's status or payload.
+        """
+        rule = CLIENT_PATH if path_from_client else GATEWAY_CALL
         loop = asyncio.get_running_loop()
         retryable = method in RETRYABLE_METHODS
         attempts = 1 + (self.config.retries if retryable else 0)
@@ -141,7 +158,7 @@ class UpstreamClient:
                     break
                 await asyncio.sleep(pause)
             try:
-                reply = await self._try_once(method, path_and_query, deadline, headers, body)
+                reply = await self._try_once(method, path_and_query, deadline, headers, body, rule)
             except (UpstreamTimeout, UpstreamUnavailable) as exc:
                 outcome = exc
                 continue
@@ -161,10 +178,11 @@ class UpstreamClient:
         deadline: float,
         headers: Headers | None,
         body: bytes | None,
+        rule: BlameRule,
     ) -> UpstreamReply:
         return await self._observed(
             method,
-            self._try_once_unobserved(method, path_and_query, deadline, headers, body),
+            self._try_once_unobserved(method, path_and_query, deadline, headers, body, rule),
             lambda reply: reply.status,
         )
 
@@ -174,19 +192,15 @@ class UpstreamClient:
         started = time.perf_counter()
         outcome = "error"
         status: int | None = None
+        cause: str | None = None
         try:
             result = await call
             status = status_of(result)
             outcome = "ok" if status < 500 else "error_status"
             return result
-        except UpstreamTimeout:
-            outcome = "timeout"
-            raise
-        except CircuitOpen:
-            outcome = "circuit_open"
-            raise
-        except BlockedDestination:
-            outcome = "blocked"
+        except UpstreamError as exc:
+            outcome = _outcome(exc)
+            cause = _cause(exc)
             raise
         finally:
             seconds = time.perf_counter() - started
@@ -204,6 +218,9 @@ class UpstreamClient:
                         "outcome": outcome,
                         "status": status,
                         "duration_ms": round(seconds * 1000, 3),
+                        # What went wrong, in full: for the operator (a
+                        # client's problem detail only names the upstream).
+                        "cause": cause,
                     },
                 )
             if self._observer is not None:
@@ -222,6 +239,7 @@ class UpstreamClient:
         deadline: float,
         headers: Headers | None,
         body: bytes | None,
+        rule: BlameRule,
     ) -> UpstreamReply:
         loop = asyncio.get_running_loop()
         if deadline - loop.time() <= 0:
@@ -236,49 +254,65 @@ class UpstreamClient:
                 async with asyncio.timeout(budget):
                     reply = await self._request_following_redirects(method, url, headers, body)
             except BadUpstreamPayload:
-                self.breaker.record_failure()
+                if rule.error_answers:
+                    self.breaker.record_failure()
                 raise
             except (TimeoutError, aiohttp.ClientError, OSError) as exc:
                 # Only the upstream's own timeouts count against it (connect_timeout
                 # always is one), not a try cut short by the caller's deadline.
-                blame = (
-                    not isinstance(exc, TimeoutError)
-                    or isinstance(exc, aiohttp.ConnectionTimeoutError)
-                    or budget >= self.config.timeout
-                )
-                raise self._failure(exc, seconds=budget, blame=blame) from exc
+                full_try = budget >= self.config.timeout
+                raise self._failure(exc, seconds=budget, rule=rule, full_try=full_try) from exc
             finally:
                 self._slots.release()
         except BaseException:
             if trial:
                 self.breaker.abandon_trial()
             raise
-        self._record_status(reply.status)
+        self._record_answer(reply.status, rule, trial=trial)
         return reply
 
-    def _failure(self, exc: BaseException, *, seconds: float, blame: bool) -> UpstreamError:
-        """The upstream error a failed call raises; held against the breaker if ``blame``."""
+    def _failure(
+        self, exc: BaseException, *, seconds: float, rule: BlameRule, full_try: bool = True
+    ) -> UpstreamError:
+        """The upstream error a failed call raises; held against the breaker as ``rule`` says.
+
+        ``full_try``: the call had the upstream's whole ``timeout`` (a timeout
+        of a try cut short by its caller's deadline says nothing of the upstream).
+        """
         if not isinstance(exc, TimeoutError):
             blocked = blocked_cause(exc)
             if blocked is not None:
-                return BlockedDestination(self.name, f"{self.name}: {blocked}")
-        if blame:
-            self.breaker.record_failure()
+                return BlockedDestination(
+                    self.name, f"{self.name}: forbidden destination ({blocked.reason})"
+                )
+        error: UpstreamError
+        kind: FailureKind | None
         if isinstance(exc, aiohttp.ConnectionTimeoutError):
-            return UpstreamTimeout(
+            kind = FailureKind.CONNECT
+            error = UpstreamTimeout(
                 self.name,
                 f"{self.name} did not accept a connection within "
                 f"{self.config.connect_timeout:.3g}s",
             )
-        if isinstance(exc, TimeoutError):
-            return UpstreamTimeout(self.name, f"{self.name} did not answer within {seconds:.3g}s")
-        return UpstreamUnavailable(self.name, f"{self.name} is unavailable: {exc}")
-
-    def _record_status(self, status: int) -> None:
-        if status >= 500:
-            self.breaker.record_failure()
+        elif isinstance(exc, TimeoutError):
+            kind = FailureKind.TIMEOUT if full_try else None
+            error = UpstreamTimeout(self.name, f"{self.name} did not answer within {seconds:.3g}s")
         else:
+            kind, phrase = classify_failure(exc)
+            error = UpstreamUnavailable(self.name, f"{self.name} {phrase}")
+        if rule.blames(kind):
+            self.breaker.record_failure()
+        return error
+
+    def _record_answer(self, status: int, rule: BlameRule, *, trial: bool) -> None:
+        if status < 500:
             self.breaker.record_success()
+        elif rule.error_answers:
+            self.breaker.record_failure()
+        elif trial:
+            # A 5xx to the client's own request says nothing of the upstream:
+            # hand the trial on rather than keep the circuit shut.
+            self.breaker.abandon_trial()
 
     async def _acquire_slot(self, seconds: float) -> None:
         if not self._slots.locked():
@@ -303,10 +337,8 @@ class UpstreamClient:
         if self._refused is not None:
             raise BlockedDestination(self.name, self._refused)
         if not self.breaker.allow():
-            raise CircuitOpen(
-                self.name,
-                f"{self.name}: circuit open, retry in {self.breaker.retry_after():.3g}s",
-            )
+            wait = self.breaker.retry_after()
+            raise CircuitOpen(self.name, f"{self.name}: circuit open, retry in {wait:.3g}s", wait)
         # A trial that then fails unrecorded (a slot wait or a try cut short by
         # the caller's deadline, a cancellation) is handed back with
         # breaker.abandon_trial(): the next call is the trial, not a fast
@@ -345,10 +377,11 @@ class UpstreamClient:
         target = current.join(URL(location))
         origin = (target.scheme, (target.host or "").lower(), target.explicit_port)
         if origin != self._origin:
-            # Only the configured origin may ever be contacted.
+            # Only the configured origin may ever be contacted. Where the
+            # upstream pointed is for the log, not for the client.
             raise BlockedDestination(
-                self.name, f"{self.name}: redirect to another origin refused ({target.origin()})"
-            )
+                self.name, f"{self.name}: redirect to another origin refused"
+            ) from ValueError(f"redirect to {target.origin()}")
         return target
 
     def _headers(self, extra: Headers | None) -> Headers | None:
@@ -397,6 +430,9 @@ class UpstreamClient:
                 self.breaker.abandon_trial()
             raise
         upload = _TrackedBody(body) if body is not None and not isinstance(body, bytes) else None
+        # The client chose the path, and a body's length, pace and framing are
+        # its own: only failures of the connection itself count (BlameRule).
+        rule = CLIENT_PATH if body is None else CLIENT_BODY
         try:
             async with asyncio.timeout(self.config.timeout if upload is None else None):
                 response = await self._session.request(
@@ -413,8 +449,7 @@ class UpstreamClient:
                 )
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             self._slots.release()
-            blame = upload is None or upload.finished
-            error = self._failure(exc, seconds=self.config.timeout, blame=blame)
+            error = self._failure(exc, seconds=self.config.timeout, rule=rule)
             if trial:
                 self.breaker.abandon_trial()  # after _failure: a no-op if it recorded the failure
             raise error from exc
@@ -423,8 +458,27 @@ class UpstreamClient:
             if trial:
                 self.breaker.abandon_trial()
             raise
-        self._record_status(response.status)
+        self._record_answer(response.status, rule, trial=trial)
         return UpstreamStream(response, self._slots.release)
+
+
+def _outcome(error: UpstreamError) -> str:
+    """The metrics outcome of a failed call."""
+    if isinstance(error, UpstreamTimeout):
+        return "timeout"
+    if isinstance(error, CircuitOpen):
+        return "circuit_open"
+    if isinstance(error, BlockedDestination):
+        return "blocked"
+    return "error"
+
+
+def _cause(error: UpstreamError) -> str:
+    """The failure as the log tells it: the underlying exception's own text, if any."""
+    origin = error.__cause__
+    if origin is None:
+        return str(error)
+    return f"{error} ({type(origin).__name__}: {origin})"
 
 
 class _TrackedBody:

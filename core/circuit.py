@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from enum import StrEnum
 
 
@@ -16,6 +17,55 @@ class CircuitState(StrEnum):
     OPEN = "open"
     #: One trial call is let through; its outcome closes or reopens the circuit.
     HALF_OPEN = "half_open"
+
+
+class FailureKind(StrEnum):
+    """Why a call to an upstream got no usable answer, as far as its breaker cares."""
+
+    #: No connection was made: refused, unresolvable name, TLS failure, connect timeout.
+    CONNECT = "connect"
+    #: Connected, but no answer within the upstream's own ``timeout``.
+    TIMEOUT = "timeout"
+    #: The connection broke (reset, closed) before a complete answer.
+    BROKEN = "broken"
+    #: An answer that is not valid HTTP, or a body that cannot be framed or decoded.
+    MALFORMED = "malformed"
+
+
+@dataclass(frozen=True)
+class BlameRule:
+    """Which outcomes of a call count against its upstream's circuit breaker.
+
+    In the spirit of Envoy's outlier detection with
+    ``split_external_local_origin_errors``: what the upstream answers to a
+    request the gateway's client shaped (its path, its body) is evidence about
+    that request, not about whether the upstream is up.
+    """
+
+    #: Failures held against the upstream.
+    failures: frozenset[FailureKind]
+    #: Whether a 5xx answer, or a body that cannot be used (too large, too
+    #: many redirects), is held against it.
+    error_answers: bool
+
+    def blames(self, kind: FailureKind | None) -> bool:
+        """Whether a failure of this kind counts (None: the call was cut short by its caller)."""
+        return kind is not None and kind in self.failures
+
+
+#: A call whose path and body the gateway chose (aggregate endpoints, jobs of
+#: endpoints): every failure and every 5xx answer counts.
+GATEWAY_CALL = BlameRule(frozenset(FailureKind), error_answers=True)
+#: A call to a path the client chose (a proxied request without a body, a
+#: batch job's items): only the connection's failures count, and the
+#: upstream's own timeout; its answer's status and payload never do.
+CLIENT_PATH = BlameRule(
+    frozenset({FailureKind.CONNECT, FailureKind.TIMEOUT, FailureKind.BROKEN}), error_answers=False
+)
+#: A proxied call streaming the client's body up: the body's length, pace and
+#: framing are the client's, so a timeout or a broken connection may be its
+#: doing; only failing to connect counts.
+CLIENT_BODY = BlameRule(frozenset({FailureKind.CONNECT}), error_answers=False)
 
 
 class CircuitBreaker:

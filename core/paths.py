@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote_plus
 
 # Segments a server or a URL library would resolve against the parent ("", "." and ".."
 # after /users/ reach /users/ itself or above it), so a value must not produce them.
@@ -103,7 +103,22 @@ def _parse(template: str) -> tuple[tuple[int, str], ...]:
 
 
 def append_query(path: str, query_string: str) -> str:
-    """Append the client's raw query string to ``path`` with "?" or "&" as needed."""
+    """Append the client's raw query string to ``path`` with "?" or "&" as needed.
+
+    Parameters ``path`` already sets (from the config or the route's values)
+    win: the client's parameters of the same name are dropped, so an
+    upstream that reads the last (or any) copy still gets the route's value.
+    """
+    _, mark, bound_query = path.partition("?")
+    if mark:
+        bound = _names(bound_query)
+        query_string = "&".join(
+            part
+            for part in query_string.removeprefix("?").split("&")
+            # Some servers also split on ";": a part naming a bound parameter
+            # after one is dropped as well.
+            if not bound & _names(part.replace(";", "&"))
+        )
     query_string = query_string.removeprefix("?")
     if not query_string:
         return path
@@ -112,6 +127,11 @@ def append_query(path: str, query_string: str) -> str:
     if path.endswith(("?", "&")):
         return path + query_string
     return f"{path}&{query_string}"
+
+
+def _names(query: str) -> set[str]:
+    """The decoded names of a raw query's parameters ("us%65r=1&x" has user and x)."""
+    return {unquote_plus(part.partition("=")[0]) for part in query.split("&") if part}
 
 
 def _check_segment(segment: list[str], has_value: bool, template: str) -> None:

@@ -128,9 +128,15 @@ def _backend_paths(
     for backend, template in zip(endpoint.backends, templates, strict=True):
         try:
             path = template.expand(route_values)
-        except ValueError as exc:
-            # e.g. a route value of ".." that would climb out of its segment
-            abort(400, description=f"Invalid path parameter: {exc}")
+        except ValueError:
+            # A route value of "..", "." or "" that would climb out of its
+            # segment. The error's text shows the backend's path template,
+            # which may hold a secret from ${VAR}: not for the client.
+            abort(
+                400,
+                description="Invalid path parameter: a value may not make a path segment "
+                "empty, '.' or '..'.",
+            )
         paths.append(append_query(path, query) if backend.pass_query else path)
     return paths
 

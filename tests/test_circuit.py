@@ -13,7 +13,15 @@ from clients.errors import BlockedDestination, CircuitOpen, UpstreamTimeout
 from clients.safety import session_guard
 from clients.session import SessionLimits, open_session
 from clients.upstream_client import UpstreamClient
-from core.circuit import CircuitBreaker, CircuitState
+from core.circuit import (
+    CLIENT_BODY,
+    CLIENT_PATH,
+    GATEWAY_CALL,
+    BlameRule,
+    CircuitBreaker,
+    CircuitState,
+    FailureKind,
+)
 from core.config import CircuitBreakerConfig, UpstreamConfig
 from tests.fault_upstream import FaultUpstream
 
@@ -226,6 +234,23 @@ def test_default_clock_is_monotonic() -> None:
     breaker = CircuitBreaker(1, 3600.0)
     breaker.record_failure()
     assert 3599.0 < breaker.retry_after() <= 3600.0
+
+
+@pytest.mark.parametrize(
+    ("rule", "counted", "error_answers"),
+    [
+        (GATEWAY_CALL, set(FailureKind), True),
+        (CLIENT_PATH, {FailureKind.CONNECT, FailureKind.TIMEOUT, FailureKind.BROKEN}, False),
+        (CLIENT_BODY, {FailureKind.CONNECT}, False),
+    ],
+    ids=["gateway call", "client path", "client body"],
+)
+def test_what_each_blame_rule_holds_against_the_upstream(
+    rule: BlameRule, counted: set[FailureKind], error_answers: bool
+) -> None:
+    assert {kind for kind in FailureKind if rule.blames(kind)} == counted
+    assert not rule.blames(None)  # a try cut short by its caller's deadline
+    assert rule.error_answers is error_answers
 
 
 # --- the half-open trial in the upstream client, against a real upstream ------

@@ -95,6 +95,28 @@ def test_append_query(path: str, query: str, expected: str) -> None:
     assert append_query(path, query) == expected
 
 
+@pytest.mark.parametrize(
+    ("path", "query", "expected"),
+    [
+        pytest.param("/o?user=7", "user=999", "/o?user=7", id="same-name"),
+        pytest.param("/o?user=7", "user=999&page=2", "/o?user=7&page=2", id="others-kept"),
+        pytest.param("/o?user=7", "page=2&user=1&user=2", "/o?user=7&page=2", id="repeated"),
+        pytest.param("/o?user=7", "us%65r=999", "/o?user=7", id="percent-encoded-name"),
+        pytest.param("/o?a+b=1", "a%20b=2&a+b=3", "/o?a+b=1", id="plus-is-space"),
+        pytest.param("/o?user=7", "user", "/o?user=7", id="no-value"),
+        pytest.param("/o?user=7", "x=1;user=9&y=2", "/o?user=7&y=2", id="semicolon-split"),
+        pytest.param("/o?user=7&kind=a", "kind=b&users=1", "/o?user=7&kind=a&users=1", id="two"),
+        pytest.param("/o", "user=999", "/o?user=999", id="nothing-bound"),
+        pytest.param("/o?user=7", "user=1&user=2", "/o?user=7", id="everything-dropped"),
+        pytest.param("/o?user=7", "?user=1&x=2", "/o?user=7&x=2", id="leading-mark"),
+    ],
+)
+def test_the_client_s_copy_of_a_bound_parameter_is_dropped(
+    path: str, query: str, expected: str
+) -> None:
+    assert append_query(path, query) == expected
+
+
 def test_a_template_parsed_once_expands_each_request_s_values() -> None:
     template = PathTemplate("/u/{id}/o?x={q}&{{lit}}")
     assert template.expand({"id": "a/b", "q": "1"}) == "/u/a%2Fb/o?x=1&{lit}"
