@@ -40,7 +40,7 @@ STORE_RETRY_AFTER = "5"
 def _store_unavailable(error: StoreUnavailable) -> Response:
     # One place for every job route: an outage is the server's, and passes.
     # The detail names no store location (a file path, a host); the log does.
-    logger.warning("job store unavailable: %s", error)
+    logger.warning("job store unavailable", extra={"cause": str(error)})
     return problem_response(
         503,
         detail="The job store cannot be reached; try again later.",

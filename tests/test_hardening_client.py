@@ -438,7 +438,7 @@ async def test_an_unavailable_job_store_is_not_named_in_the_detail(
             blocker.execute("ROLLBACK")
     assert status == 503, text
     assert "s3cr3t" not in text and str(tmp_path) not in text, text
-    assert json.loads(text)["detail"] == "Jobs cannot be started now: the job store is unavailable."
+    assert json.loads(text)["detail"] == "The job store cannot be reached; try again later."
     assert any("s3cr3t" in getattr(r, "cause", "") for r in caplog.records)
 
 
