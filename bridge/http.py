@@ -71,6 +71,10 @@ async def _drain(receive: Receive) -> None:
         pass
 
 
+#: The environ key of the callbacks to run once the exchange is over (see
+#: ``bridge.call_when_exchange_ends``).
+AT_EXCHANGE_END = "bridge.at_exchange_end"
+
 #: How long the app must have been waiting (for anything but its own body or
 #: its final send) before a watcher listens for the client going away. Most
 #: requests are done sooner, and a watcher task per request was about 8% of
@@ -106,6 +110,7 @@ class HttpExchange:
         self._watcher: asyncio.Task[None] | None = None
         self._watch_timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[Any] | None = None
+        self._at_end: list[Callable[[], object]] = []
 
     async def serve(self) -> None:
         """Run the app for this request and send its response."""
@@ -117,6 +122,17 @@ class HttpExchange:
                 self._watch_timer.cancel()
             if self._watcher is not None:
                 self._watcher.cancel()
+            self._run_end_callbacks()
+
+    def _run_end_callbacks(self) -> None:
+        # However the exchange ended (answered, failed before the response
+        # started, cancelled by a disconnect): these free what a streamed
+        # response would have freed when closed, had it been reached.
+        for callback in self._at_end:
+            try:
+                callback()
+            except Exception:
+                logger.exception("a callback at the end of the exchange failed")
 
     def _before_await(self) -> None:
         # The first time the app waits, arm a timer (cheap, unlike a task):
@@ -157,6 +173,7 @@ class HttpExchange:
 
     def _run(self) -> None:
         environ = build_environ(self._scope, self._body)
+        environ[AT_EXCHANGE_END] = self._at_end
         try:
             app_iter = self._app(environ, self._start_response)
         except Exception:

@@ -7,7 +7,12 @@ from urllib.parse import quote, unquote
 from flask import Blueprint, Response, abort, current_app, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from bridge import iterate_async, request_body_chunks, request_body_over_limit
+from bridge import (
+    call_when_exchange_ends,
+    iterate_async,
+    request_body_chunks,
+    request_body_over_limit,
+)
 from clients.errors import UpstreamError
 from core.proxy_headers import ClientSide, client_response_headers, upstream_request_headers
 from request_ids import current_request_id
@@ -48,12 +53,18 @@ async def proxy(upstream: str, path: str) -> Response:
         if request_body_over_limit():
             raise RequestEntityTooLarge() from None
         raise
+    # The upstream's connection slot is freed whatever fails from here on (a
+    # hook, the server refusing the response's start), not only when the
+    # response is closed; closing twice is a no-op.
+    call_when_exchange_ends(stream.close)
     answer = stream.response
     pass_cookies = "cookie" in {name.lower() for name in client.config.forward_headers}
     response = Response(
         iterate_async(stream.chunks(CHUNK_BYTES)),
         status=answer.status,
-        headers=client_response_headers(answer.headers.items(), pass_cookies=pass_cookies),
+        headers=client_response_headers(
+            _raw_headers(answer.raw_headers), pass_cookies=pass_cookies
+        ),
     )
     if "Content-Type" not in answer.headers:
         # Werkzeug adds text/html by default; say nothing the upstream did not.
@@ -61,6 +72,14 @@ async def proxy(upstream: str, path: str) -> Response:
     # Also closed when the body is never iterated (HEAD, 204, 304).
     response.call_on_close(stream.close)
     return response
+
+
+def _raw_headers(raw: tuple[tuple[bytes, bytes], ...]) -> list[tuple[str, str]]:
+    # The header bytes exactly as the upstream sent them, as WSGI's latin-1
+    # strings: obs-text (bytes 0x80-0xFF, RFC 9110 5.5) is opaque data a proxy
+    # passes on unchanged. aiohttp's decoded (UTF-8) values would not survive
+    # the server's latin-1 encoding, and re-encoding them would alter them.
+    return [(name.decode("latin-1"), value.decode("latin-1")) for name, value in raw]
 
 
 def _upstream_path(upstream: str, path: str) -> str:

@@ -1,0 +1,105 @@
+"""The proxy against hostile upstreams and hostile clients, through the real stack."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from flask import Response, request
+
+from tests.gateway_serving import Gateway, gateway_serving
+from tests.raw_upstream import Handler, RawUpstream, raw_upstream
+
+Reader = asyncio.StreamReader
+Writer = asyncio.StreamWriter
+
+
+def _config(upstream_url: str, *, max_connections: int = 2, timeout: float = 1.0) -> str:
+    return f"""
+[upstreams.raw]
+base_url = "{upstream_url}"
+internal = true
+timeout = {timeout}
+connect_timeout = {min(timeout, 0.5)}
+max_connections = {max_connections}
+"""
+
+
+@asynccontextmanager
+async def _serving(
+    handler: Handler, tmp_path: Path, **options: Any
+) -> AsyncIterator[tuple[Gateway, RawUpstream]]:
+    async with (
+        raw_upstream(handler) as upstream,
+        gateway_serving(_config(upstream.url, **options), tmp_path) as gateway,
+    ):
+        yield gateway, upstream
+
+
+async def _raw_call(url: str, request: bytes, *, read_for: float = 10.0) -> bytes:
+    """Send raw request bytes to the gateway; the answer as read until it closes or goes quiet."""
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(request)
+    answer = b""
+    try:
+        async with asyncio.timeout(read_for):
+            while chunk := await reader.read(65536):
+                answer += chunk
+    except TimeoutError:
+        pass
+    except ConnectionError:
+        pass
+    finally:
+        writer.close()
+    return answer
+
+
+def _ok(body: bytes = b"ok", extra: bytes = b"") -> bytes:
+    return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n%s\r\n%s" % (len(body), extra, body)
+
+
+# --- 2. non-ASCII header bytes from the upstream ---------------------------
+
+
+async def test_obs_text_header_bytes_pass_through_and_never_leak_a_slot(tmp_path: Path) -> None:
+    async def handler(head: bytes, reader: Reader, writer: Writer) -> None:
+        if head.startswith(b"GET /bad "):
+            writer.write(_ok(extra="X-Name: 日本\r\n".encode()))
+        else:
+            writer.write(_ok())
+        await writer.drain()
+
+    async with _serving(handler, tmp_path, max_connections=2) as (gateway, _):
+        for _ in range(4):  # twice the upstream's connection slots
+            async with gateway.client.get("/proxy/raw/bad") as response:
+                assert response.status == 200
+                assert await response.read() == b"ok"
+                # The bytes as the upstream sent them (RFC 9110 obs-text is opaque).
+                assert (b"x-name", "日本".encode()) in response.raw_headers
+        async with gateway.client.get("/proxy/raw/good") as response:
+            assert response.status == 200, await response.text()
+
+
+async def test_a_failure_after_the_upstream_answered_still_frees_its_slot(tmp_path: Path) -> None:
+    async def handler(head: bytes, reader: Reader, writer: Writer) -> None:
+        writer.write(_ok())
+        await writer.drain()
+
+    async with _serving(handler, tmp_path, max_connections=2) as (gateway, _):
+
+        def failing_hook(response: Response) -> Response:
+            if request.path.startswith("/proxy/raw/fail"):
+                raise RuntimeError("a hook failed after the upstream answered")
+            return response
+
+        # Added behind Flask's back: the app has served (its readiness probe).
+        gateway.app.after_request_funcs.setdefault(None, []).append(failing_hook)
+        for _ in range(4):  # twice the upstream's connection slots
+            async with gateway.client.get("/proxy/raw/fail") as response:
+                assert response.status == 500
+        async with gateway.client.get("/proxy/raw/good") as response:
+            assert response.status == 200, await response.text()
