@@ -13,6 +13,7 @@ from werkzeug.exceptions import HTTPException
 from clients.errors import (
     BlockedDestination,
     CircuitOpen,
+    UploadStalled,
     UpstreamError,
     UpstreamStatusError,
     UpstreamTimeout,
@@ -55,6 +56,9 @@ def _http_exception(error: HTTPException) -> Response:
 
 def upstream_status(error: UpstreamError) -> tuple[int, str]:
     """The status and title that answer an upstream failure."""
+    if isinstance(error, UploadStalled):
+        # The client's body stopped coming (RFC 9110 15.5.9), not the upstream's doing.
+        return 408, "Request Timeout"
     if isinstance(error, UpstreamTimeout):
         return 504, "Gateway Timeout"
     if isinstance(error, CircuitOpen):
@@ -69,6 +73,10 @@ def upstream_status(error: UpstreamError) -> tuple[int, str]:
 def _upstream_error(error: UpstreamError) -> Response:
     status, title = upstream_status(error)
     headers = {"Retry-After": "1"} if isinstance(error, CircuitOpen) else None
+    if isinstance(error, UploadStalled):
+        # The rest of the body may never come: do not wait for it to reuse
+        # the connection (RFC 9110 15.5.9).
+        headers = {"Connection": "close"}
     extensions: dict[str, Any] = {"upstream": error.upstream}
     if isinstance(error, UpstreamStatusError):
         extensions["upstream_status"] = error.status

@@ -18,6 +18,7 @@ from clients.errors import (
     BadUpstreamPayload,
     BlockedDestination,
     CircuitOpen,
+    UploadStalled,
     UpstreamError,
     UpstreamTimeout,
     UpstreamUnavailable,
@@ -396,7 +397,11 @@ class UpstreamClient:
             if trial:
                 self.breaker.abandon_trial()
             raise
-        upload = _TrackedBody(body) if body is not None and not isinstance(body, bytes) else None
+        upload = (
+            _TrackedBody(body, idle=self.config.timeout)
+            if body is not None and not isinstance(body, bytes)
+            else None
+        )
         try:
             async with asyncio.timeout(self.config.timeout if upload is None else None):
                 response = await self._session.request(
@@ -413,6 +418,14 @@ class UpstreamClient:
                 )
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             self._slots.release()
+            if upload is not None and upload.stalled:
+                # The client's doing, not the upstream's: never held against it.
+                if trial:
+                    self.breaker.abandon_trial()
+                raise UploadStalled(
+                    self.name,
+                    f"The request body stopped arriving (nothing for {self.config.timeout:.3g}s).",
+                ) from exc
             blame = upload is None or upload.finished
             error = self._failure(exc, seconds=self.config.timeout, blame=blame)
             if trial:
@@ -428,14 +441,30 @@ class UpstreamClient:
 
 
 class _TrackedBody:
-    """A request body passed through, remembering whether it was sent whole."""
+    """A request body passed through, remembering whether it was sent whole or stalled.
 
-    def __init__(self, source: AsyncIterable[bytes]) -> None:
+    Each chunk must come within ``idle`` seconds: a client trickling nothing
+    would otherwise hold the upstream's connection slot for as long as it
+    likes (the upstream waits for the body, so its own timeout never runs).
+    """
+
+    def __init__(self, source: AsyncIterable[bytes], *, idle: float) -> None:
         self._source = source
+        self._idle = idle
         self.finished = False
+        self.stalled = False
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        async for chunk in self._source:
+        iterator = aiter(self._source)
+        while True:
+            try:
+                async with asyncio.timeout(self._idle):
+                    chunk = await anext(iterator)
+            except StopAsyncIteration:
+                break
+            except TimeoutError:
+                self.stalled = True
+                raise
             yield chunk
         self.finished = True
 

@@ -11,6 +11,11 @@ from core.headers import client_address, forwarded_for, strip_hop_by_hop
 _REPLACED = frozenset(
     {"host", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-request-id"}
 )
+#: Client headers this hop answers itself: Hypercorn already sent the client its
+#: ``100 Continue``, and an upstream that never sends one (RFC 9110 10.1.1
+#: allows it) would leave the upload waiting for it.
+_THIS_HOP = frozenset({"expect"})
+_NOT_PASSED = _REPLACED | _THIS_HOP
 #: Upstream response headers the serving front end sets itself (else they
 #: would reach the client twice).
 _SERVER_OWNED = frozenset({"date", "server"})
@@ -48,7 +53,11 @@ def upstream_request_headers(
             seen_for.append(value)
         elif lower == "x-forwarded-proto":
             seen_proto.append(value)
-        if lower in _REPLACED or (lower in _CREDENTIALS and lower not in allowed):
+        if (
+            lower in _REPLACED
+            or lower in _THIS_HOP
+            or (lower in _CREDENTIALS and lower not in allowed)
+        ):
             continue
         kept.append((name, value))
     existing_for = ", ".join(seen_for) or None

@@ -11,7 +11,7 @@ from typing import Any
 from flask import Response, request
 
 from tests.gateway_serving import Gateway, gateway_serving
-from tests.raw_upstream import Handler, RawUpstream, raw_upstream
+from tests.raw_upstream import Handler, RawUpstream, header, raw_upstream
 
 Reader = asyncio.StreamReader
 Writer = asyncio.StreamWriter
@@ -103,3 +103,45 @@ async def test_a_failure_after_the_upstream_answered_still_frees_its_slot(tmp_pa
                 assert response.status == 500
         async with gateway.client.get("/proxy/raw/good") as response:
             assert response.status == 200, await response.text()
+
+
+# --- 3. slow uploads and Expect: 100-continue -------------------------------
+
+
+async def _echo_body(head: bytes, reader: Reader, writer: Writer) -> None:
+    """Read a Content-Length body and answer its length; answer 200 "ok" to anything else."""
+    length = int(header(head, b"content-length") or b"0")
+    body = await reader.readexactly(length)
+    writer.write(_ok(b"%d" % len(body)))
+    await writer.drain()
+
+
+async def test_an_idle_upload_ends_the_call_and_frees_the_slot(tmp_path: Path) -> None:
+    async with _serving(_echo_body, tmp_path, max_connections=1, timeout=0.5) as (gateway, _):
+        host, port = gateway.url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        # 5 of 100 bytes, then nothing: the upstream waits for the rest.
+        writer.write(b"POST /proxy/raw/up HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\nhello")
+        async with asyncio.timeout(10):
+            answer = await reader.read(65536)
+        writer.close()
+        assert answer.startswith(b"HTTP/1.1 408"), answer
+        assert b"application/problem+json" in answer
+        assert b"connection: close" in answer.lower()  # the rest of the body never comes
+        # The one slot is free again.
+        async with gateway.client.post("/proxy/raw/up", data=b"x" * 10) as response:
+            assert response.status == 200, await response.text()
+            assert await response.read() == b"10"
+
+
+async def test_expect_100_continue_is_not_forwarded(tmp_path: Path) -> None:
+    # This upstream, as RFC 9110 allows, never sends 100 Continue: it just
+    # waits for the body, which a client waiting for its 100 never sends.
+    async with _serving(_echo_body, tmp_path, timeout=0.5) as (gateway, upstream):
+        async with asyncio.timeout(10):
+            async with gateway.client.post(
+                "/proxy/raw/up", data=b"hello", expect100=True
+            ) as response:
+                assert response.status == 200, await response.text()
+                assert await response.read() == b"5"
+        assert header(upstream.heads[-1], b"expect") is None
