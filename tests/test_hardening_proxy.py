@@ -145,3 +145,34 @@ async def test_expect_100_continue_is_not_forwarded(tmp_path: Path) -> None:
                 assert response.status == 200, await response.text()
                 assert await response.read() == b"5"
         assert header(upstream.heads[-1], b"expect") is None
+
+
+# --- 5. Content-Length and Transfer-Encoding together ------------------------
+
+
+async def _echo_framing(head: bytes, reader: Reader, writer: Writer) -> None:
+    """Read the body as framed (chunked wins, as RFC 9112 says); answer what arrived."""
+    if b"chunked" in (header(head, b"transfer-encoding") or b"").lower():
+        body = b""
+        while size := int((await reader.readuntil(b"\r\n")).strip(), 16):
+            body += await reader.readexactly(size + 2)
+        await reader.readuntil(b"\r\n")
+    else:
+        async with asyncio.timeout(2):
+            body = await reader.readexactly(int(header(head, b"content-length") or b"0"))
+    writer.write(_ok(body))
+    await writer.drain()
+
+
+async def test_content_length_with_chunked_is_refused_and_the_connection_closed(
+    tmp_path: Path,
+) -> None:
+    async with _serving(_echo_framing, tmp_path) as (gateway, upstream):
+        answer = await _raw_call(
+            gateway.url,
+            b"POST /proxy/raw/up HTTP/1.1\r\nHost: t\r\nContent-Length: 30\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        )
+        assert answer.startswith(b"HTTP/1.1 400"), answer
+        assert b"connection: close" in answer.lower()
+        assert upstream.heads == []
