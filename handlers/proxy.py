@@ -39,6 +39,7 @@ async def proxy(upstream: str, path: str) -> Response:
             scheme=request.scheme,
             host=request.host,
             request_id=current_request_id(),
+            http_version=request.environ.get("SERVER_PROTOCOL", "HTTP/1.1").removeprefix("HTTP/"),
         ),
         forward=client.config.forward_headers,
         trusted_proxies=gateway_config(current_app).server.trusted_proxies,

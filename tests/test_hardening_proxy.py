@@ -12,6 +12,7 @@ from flask import Response, request
 
 from tests.gateway_serving import Gateway, gateway_serving
 from tests.raw_upstream import Handler, RawUpstream, header, raw_upstream
+from tests.test_proxy_headers import CLIENT_CLAIMS
 
 Reader = asyncio.StreamReader
 Writer = asyncio.StreamWriter
@@ -176,3 +177,24 @@ async def test_content_length_with_chunked_is_refused_and_the_connection_closed(
         assert answer.startswith(b"HTTP/1.1 400"), answer
         assert b"connection: close" in answer.lower()
         assert upstream.heads == []
+
+
+# --- 7. client address headers ------------------------------------------------
+
+
+async def test_client_address_claims_never_reach_the_upstream(tmp_path: Path) -> None:
+    async def handler(head: bytes, reader: Reader, writer: Writer) -> None:
+        writer.write(_ok())
+        await writer.drain()
+
+    claims = {name: value for name, value in CLIENT_CLAIMS if name != "Expect"}
+    async with (
+        _serving(handler, tmp_path) as (gateway, upstream),
+        gateway.client.get("/proxy/raw/who", headers={**claims, "Via": "1.0 evil"}) as response,
+    ):
+        assert response.status == 200
+    seen = upstream.heads[-1]
+    for name in claims:
+        assert header(seen, name.encode()) is None, name
+    assert header(seen, b"via") == b"1.1 fanout"
+    assert header(seen, b"x-forwarded-for") == b"127.0.0.1"
