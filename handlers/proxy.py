@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from urllib.parse import quote, unquote
 
 from flask import Blueprint, Response, abort, current_app, request
@@ -75,6 +76,35 @@ async def proxy(upstream: str, path: str) -> Response:
     return response
 
 
+#: Where upstreams split paths: "/" and, on Windows servers (and some
+#: frameworks), "\\".
+_SEPARATORS = re.compile(r"[/\\]")
+#: How many layers of percent-encoding are looked through: some upstreams
+#: (or a proxy in front of them) decode twice.
+_DECODINGS = 3
+
+
+def _has_dot_segment(path: str) -> bool:
+    # Looked at as sent and after each decoding: an upstream that decodes
+    # %2F, %5C or %2E (once or twice) before resolving would see them.
+    for _ in range(_DECODINGS):
+        decoded = unquote(path)
+        if any(_is_dot_segment(segment) for segment in _SEPARATORS.split(decoded)):
+            return True
+        if decoded == path:
+            return False
+        path = decoded
+    return False
+
+
+def _is_dot_segment(segment: str) -> bool:
+    # Tomcat and Jetty drop ";params" before resolving ("..;" is ".."), and
+    # Windows drops trailing dots and spaces ("..." and ".. " are ".."); a
+    # NUL may end the path for a C upstream.
+    core = segment.split(";", 1)[0]
+    return "." in core and not core.strip(". \t\x00")
+
+
 def _raw_headers(raw: tuple[tuple[bytes, bytes], ...]) -> list[tuple[str, str]]:
     # The header bytes exactly as the upstream sent them, as WSGI's latin-1
     # strings: obs-text (bytes 0x80-0xFF, RFC 9110 5.5) is opaque data a proxy
@@ -97,8 +127,7 @@ def _upstream_path(upstream: str, path: str) -> str:
     # climb out of the base URL's path.
     if not tail.startswith("/") or tail.startswith("//"):
         abort(404, description="No such proxied path.")
-    # Checked after decoding too: an upstream that decodes %2F would see them.
-    if any(segment in (".", "..") for segment in unquote(tail).split("/")):
+    if _has_dot_segment(tail):
         abort(400, description="Proxied paths may not contain . or .. segments.")
     query = request.query_string.decode("latin-1")
     return f"{tail}?{query}" if query else tail

@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
 from flask import Response, request
 
 from tests.gateway_serving import Gateway, gateway_serving
@@ -198,3 +199,61 @@ async def test_client_address_claims_never_reach_the_upstream(tmp_path: Path) ->
         assert header(seen, name.encode()) is None, name
     assert header(seen, b"via") == b"1.1 fanout"
     assert header(seen, b"x-forwarded-for") == b"127.0.0.1"
+
+
+# --- 9. dot segments by any separator -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/proxy/raw/..%5C..%5Csecret",
+        "/proxy/raw/..%5c..%5csecret",
+        "/proxy/raw/..\\..\\secret",
+        "/proxy/raw/a/..\\secret",
+        "/proxy/raw/%2e%2e%5Csecret",
+        "/proxy/raw/.\\secret",
+        "/proxy/raw/..;/secret",  # Tomcat and Jetty take "..;" for ".."
+        "/proxy/raw/%2e%2e;x=1/secret",
+        "/proxy/raw/%252e%252e/secret",  # an upstream decoding twice
+        "/proxy/raw/%252e%252e%255csecret",
+        "/proxy/raw/.../secret",  # Windows drops trailing dots and spaces
+        "/proxy/raw/..%20/secret",
+        "/proxy/raw/..%00/secret",
+    ],
+)
+async def test_dot_segments_are_refused_whatever_the_separator(tmp_path: Path, path: str) -> None:
+    async def handler(head: bytes, reader: Reader, writer: Writer) -> None:
+        writer.write(_ok())
+        await writer.drain()
+
+    async with _serving(handler, tmp_path) as (gateway, upstream):
+        answer = await _raw_call(
+            gateway.url, f"GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".encode()
+        )
+    assert answer.startswith(b"HTTP/1.1 400"), answer
+    assert upstream.heads == []
+
+
+@pytest.mark.parametrize(
+    ("path", "upstream_path"),
+    [
+        ("/proxy/raw/a%5Cb", b"/a%5Cb"),
+        ("/proxy/raw/..a/b..", b"/..a/b.."),
+        ("/proxy/raw/a;b/c", b"/a;b/c"),
+        ("/proxy/raw/%25/x", b"/%25/x"),
+    ],
+)
+async def test_paths_that_only_look_like_dot_segments_pass(
+    tmp_path: Path, path: str, upstream_path: bytes
+) -> None:
+    async def handler(head: bytes, reader: Reader, writer: Writer) -> None:
+        writer.write(_ok())
+        await writer.drain()
+
+    async with _serving(handler, tmp_path) as (gateway, upstream):
+        answer = await _raw_call(
+            gateway.url, f"GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".encode()
+        )
+    assert answer.startswith(b"HTTP/1.1 200"), answer
+    assert upstream.heads[0].startswith(b"GET " + upstream_path + b" HTTP/1.1")
