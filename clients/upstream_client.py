@@ -437,7 +437,7 @@ class UpstreamClient:
                 self.breaker.abandon_trial()
             raise
         self._record_status(response.status)
-        return UpstreamStream(response, self._slots.release)
+        return UpstreamStream(response, self._slots.release, idle=self.config.timeout)
 
 
 class _TrackedBody:
@@ -476,9 +476,12 @@ class UpstreamStream:
     and frees the upstream's connection slot, exactly once.
     """
 
-    def __init__(self, response: aiohttp.ClientResponse, free_slot: Callable[[], None]) -> None:
+    def __init__(
+        self, response: aiohttp.ClientResponse, free_slot: Callable[[], None], *, idle: float
+    ) -> None:
         self.response = response
         self._free_slot = free_slot
+        self._idle = idle
         self._closed = False
 
     def close(self) -> None:
@@ -493,9 +496,20 @@ class UpstreamStream:
         self._free_slot()
 
     async def chunks(self, size: int) -> AsyncIterator[bytes]:
-        """The body as it arrives; closes the stream when done, failed or abandoned."""
+        """The body as it arrives; closes the stream when done, failed or abandoned.
+
+        Each chunk must come within ``idle`` seconds (TimeoutError). aiohttp's
+        own sock_read timer is not enough: after a malformed chunk its C
+        parser drops the timer and leaves the body neither failed nor ended,
+        so the read would wait for ever.
+        """
         try:
-            async for chunk in self.response.content.iter_chunked(size):
+            chunks = self.response.content.iter_chunked(size)
+            while True:
+                async with asyncio.timeout(self._idle):
+                    chunk = await anext(chunks, None)
+                if chunk is None:
+                    return
                 yield chunk
         finally:
             self.close()
