@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from urllib.parse import quote, unquote
 
 from flask import Blueprint, Response, abort, current_app, request
@@ -34,7 +35,7 @@ async def proxy(upstream: str, path: str) -> Response:
         abort(404, description=f"No upstream named {upstream!r} is configured.")
     target = _upstream_path(upstream, path)
     headers = upstream_request_headers(
-        request.headers.items(),
+        _client_headers(request.headers.items()),
         client=ClientSide(
             address=request.remote_addr or "",
             scheme=request.scheme,
@@ -103,6 +104,23 @@ def _is_dot_segment(segment: str) -> bool:
     # NUL may end the path for a C upstream.
     core = segment.split(";", 1)[0]
     return "." in core and not core.strip(". \t\x00")
+
+
+def _client_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    # WSGI hands header bytes over as latin-1 strings, and aiohttp encodes
+    # what it sends as UTF-8: non-ASCII bytes would reach the upstream
+    # re-encoded ("日本" as mojibake). UTF-8 bytes are passed on unchanged;
+    # other bytes aiohttp cannot send, and the proxy does not alter a request.
+    converted = []
+    for name, value in headers:
+        if value.isascii():
+            converted.append((name, value))
+            continue
+        try:
+            converted.append((name, value.encode("latin-1").decode("utf-8")))
+        except UnicodeDecodeError:
+            abort(400, description=f"Header {name} holds bytes that are neither ASCII nor UTF-8.")
+    return converted
 
 
 def _raw_headers(raw: tuple[tuple[bytes, bytes], ...]) -> list[tuple[str, str]]:

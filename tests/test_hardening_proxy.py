@@ -346,3 +346,40 @@ async def test_informational_answers_before_the_final_one(tmp_path: Path) -> Non
                 assert await response.read() == b"ok"
         async with gateway.client.get("/proxy/raw/good") as response:
             assert response.status == 200
+
+
+# --- further probes: hostile clients ------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["TRACE", "CONNECT", "PROPFIND", "FOO"])
+async def test_methods_the_proxy_does_not_serve_never_reach_the_upstream(
+    tmp_path: Path, method: str
+) -> None:
+    async with _serving(_scripted({}), tmp_path) as (gateway, upstream):
+        answer = await _raw_call(
+            gateway.url,
+            f"{method} /proxy/raw/x HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".encode(),
+        )
+    assert answer[:12] in (b"HTTP/1.1 405", b"HTTP/1.1 400"), answer
+    assert upstream.heads == []
+
+
+async def test_client_header_bytes_reach_the_upstream_unchanged(tmp_path: Path) -> None:
+    async with _serving(_scripted({}), tmp_path) as (gateway, upstream):
+        answer = await _raw_call(
+            gateway.url,
+            "GET /proxy/raw/x HTTP/1.1\r\nHost: t\r\nX-Name: 日本\r\n"
+            "Connection: close\r\n\r\n".encode(),
+        )
+    assert answer.startswith(b"HTTP/1.1 200"), answer
+    assert header(upstream.heads[0], b"x-name") == "日本".encode()
+
+
+async def test_client_header_bytes_that_are_not_utf8_are_refused(tmp_path: Path) -> None:
+    async with _serving(_scripted({}), tmp_path) as (gateway, upstream):
+        answer = await _raw_call(
+            gateway.url,
+            b"GET /proxy/raw/x HTTP/1.1\r\nHost: t\r\nX-Name: caf\xe9\r\nConnection: close\r\n\r\n",
+        )
+    assert answer.startswith(b"HTTP/1.1 400"), answer
+    assert upstream.heads == []
