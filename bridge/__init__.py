@@ -9,6 +9,7 @@ from bridge.flask_app import (
     BridgeFlask,
     call_when_exchange_ends,
     iterate_async,
+    limit_send_idle,
     request_body_chunks,
     request_body_over_limit,
 )
@@ -24,6 +25,7 @@ __all__ = [
     "in_bridge_greenlet",
     "is_ready",
     "iterate_async",
+    "limit_send_idle",
     "request_body_chunks",
     "request_body_over_limit",
     "serving_state",

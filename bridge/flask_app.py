@@ -27,7 +27,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from bridge.body import RequestBody
 from bridge.greenlets import MissingBridgeError, in_bridge_greenlet, run_coroutine
-from bridge.http import AT_EXCHANGE_END
+from bridge.http import AT_EXCHANGE_END, SEND_IDLE
 from bridge.pool import PoolIterator, wait_in_pool
 from bridge.serving import SERVING_LOOP, run_from_worker, serving_state
 
@@ -117,6 +117,16 @@ def call_when_exchange_ends(callback: Callable[[], object]) -> None:
     callbacks: list[Callable[[], object]] | None = request.environ.get(AT_EXCHANGE_END)
     if callbacks is not None:
         callbacks.append(callback)
+
+
+def limit_send_idle(seconds: float) -> None:
+    """Fail the current exchange when the client takes no part of its response for ``seconds``.
+
+    For a response that holds something scarce while it streams (an
+    upstream connection): a client that stops reading would otherwise hold
+    it for as long as it stays connected. No effect outside the served stack.
+    """
+    request.environ[SEND_IDLE] = seconds
 
 
 def request_body_over_limit() -> bool:

@@ -109,6 +109,10 @@ async def _drain(receive: Receive) -> None:
 #: ``bridge.call_when_exchange_ends``).
 AT_EXCHANGE_END = "bridge.at_exchange_end"
 
+#: The environ key of the most seconds each response message may wait for
+#: the client to take it (see ``bridge.limit_send_idle``).
+SEND_IDLE = "bridge.send_idle_seconds"
+
 #: How long the app must have been waiting (for anything but its own body or
 #: its final send) before a watcher listens for the client going away. Most
 #: requests are done sooner, and a watcher task per request was about 8% of
@@ -145,6 +149,7 @@ class HttpExchange:
         self._watch_timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[Any] | None = None
         self._at_end: list[Callable[[], object]] = []
+        self._environ: dict[str, Any] = {}
 
     async def serve(self) -> None:
         """Run the app for this request and send its response."""
@@ -208,6 +213,7 @@ class HttpExchange:
     def _run(self) -> None:
         environ = build_environ(self._scope, self._body)
         environ[AT_EXCHANGE_END] = self._at_end
+        self._environ = environ
         try:
             app_iter = self._app(environ, self._start_response)
         except Exception:
@@ -275,7 +281,7 @@ class HttpExchange:
             if self._watcher is None:
                 self._watcher = asyncio.get_running_loop().create_task(self._watch_disconnect())
         if self._started:
-            await_only(self._send(body))
+            await_only(self._send_within(body))
         else:
             self._started = True
             start: Message = {
@@ -284,15 +290,23 @@ class HttpExchange:
                 "headers": self._headers,
             }
             # One switch to the loop for both messages of a buffered response.
-            await_only(self._send_both(start, body))
+            await_only(self._send_within(start, body))
         if final and self._watcher is not None:
             # The response is out: nothing is left for a disconnect to cancel,
             # and the body is drained (the server took the last message).
             self._watcher.cancel()
 
-    async def _send_both(self, first: Message, second: Message) -> None:
-        await self._send(first)
-        await self._send(second)
+    async def _send_within(self, *messages: Message) -> None:
+        # A client that stops reading stalls the send once the buffers are
+        # full, and the server has no write timeout: past the app's limit the
+        # exchange fails (the server then drops the connection).
+        seconds: float | None = self._environ.get(SEND_IDLE)
+        for message in messages:
+            if seconds is None:
+                await self._send(message)  # no timer on the common path
+                continue
+            async with asyncio.timeout(seconds):
+                await self._send(message)
 
     def _send_failure(self) -> None:
         self._status = 500

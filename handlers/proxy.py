@@ -12,6 +12,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from bridge import (
     call_when_exchange_ends,
     iterate_async,
+    limit_send_idle,
     request_body_chunks,
     request_body_over_limit,
 )
@@ -60,6 +61,9 @@ async def proxy(upstream: str, path: str) -> Response:
     # hook, the server refusing the response's start), not only when the
     # response is closed; closing twice is a no-op.
     call_when_exchange_ends(stream.close)
+    # A client that stops reading must not hold the slot either: it gets as
+    # long per chunk as the upstream does.
+    limit_send_idle(client.config.timeout)
     answer = stream.response
     pass_cookies = "cookie" in {name.lower() for name in client.config.forward_headers}
     response = Response(

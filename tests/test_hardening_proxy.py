@@ -383,3 +383,28 @@ async def test_client_header_bytes_that_are_not_utf8_are_refused(tmp_path: Path)
         )
     assert answer.startswith(b"HTTP/1.1 400"), answer
     assert upstream.heads == []
+
+
+async def test_a_client_that_stops_reading_frees_the_upstream_slot(tmp_path: Path) -> None:
+    async def handler(head: bytes, reader: Reader, writer: Writer) -> None:
+        if not head.startswith(b"GET /huge "):
+            writer.write(_ok())
+            return
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (64 * 2**20))
+        for _ in range(64):
+            writer.write(b"x" * 2**20)
+            await writer.drain()
+
+    async with _serving(handler, tmp_path, max_connections=1, timeout=0.5) as (gateway, _):
+        host, port = gateway.url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"GET /proxy/raw/huge HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert (await reader.read(12)).startswith(b"HTTP/1.1 200")
+        # Then never read again: the gateway's send stalls once buffers fill.
+        status = None
+        async with asyncio.timeout(20):
+            while status != 200:
+                await asyncio.sleep(0.25)
+                async with gateway.client.get("/proxy/raw/good") as response:
+                    status = response.status
+        writer.close()
