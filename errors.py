@@ -14,6 +14,7 @@ from werkzeug.exceptions import HTTPException
 from clients.errors import (
     BlockedDestination,
     CircuitOpen,
+    UploadStalled,
     UpstreamError,
     UpstreamStatusError,
     UpstreamTimeout,
@@ -56,6 +57,9 @@ def _http_exception(error: HTTPException) -> Response:
 
 def upstream_status(error: UpstreamError) -> tuple[int, str]:
     """The status and title that answer an upstream failure."""
+    if isinstance(error, UploadStalled):
+        # The client's body stopped coming (RFC 9110 15.5.9), not the upstream's doing.
+        return 408, "Request Timeout"
     if isinstance(error, UpstreamTimeout):
         return 504, "Gateway Timeout"
     if isinstance(error, CircuitOpen):
@@ -74,6 +78,10 @@ def _upstream_error(error: UpstreamError) -> Response:
         # When the circuit will next let a call through (whole seconds, at
         # least 1), rather than inviting clients back every second meanwhile.
         headers = {"Retry-After": str(max(1, math.ceil(error.retry_after)))}
+    if isinstance(error, UploadStalled):
+        # The rest of the body may never come: do not wait for it to reuse
+        # the connection (RFC 9110 15.5.9).
+        headers = {"Connection": "close"}
     extensions: dict[str, Any] = {"upstream": error.upstream}
     if isinstance(error, UpstreamStatusError):
         extensions["upstream_status"] = error.status

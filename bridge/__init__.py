@@ -7,7 +7,9 @@ Knows nothing of the gateway: it would serve any Flask app. See
 from bridge.asgi import ASGIBridge
 from bridge.flask_app import (
     BridgeFlask,
+    call_when_exchange_ends,
     iterate_async,
+    limit_send_idle,
     request_body_chunks,
     request_body_over_limit,
 )
@@ -19,9 +21,11 @@ __all__ = [
     "BridgeFlask",
     "MissingBridgeError",
     "await_only",
+    "call_when_exchange_ends",
     "in_bridge_greenlet",
     "is_ready",
     "iterate_async",
+    "limit_send_idle",
     "request_body_chunks",
     "request_body_over_limit",
     "serving_state",

@@ -6,7 +6,15 @@ from collections.abc import Callable
 
 from flask import Flask
 
-from bridge.http import HttpExchange, Message, Receive, Send, answer_unavailable
+from bridge.http import (
+    HttpExchange,
+    Message,
+    Receive,
+    Send,
+    ambiguous_framing,
+    answer_ambiguous_framing,
+    answer_unavailable,
+)
 from bridge.lifespan import attach_state, serve_lifespan
 
 
@@ -48,5 +56,8 @@ class ASGIBridge:
             # After lifespan shutdown (a connection outliving the server's
             # grace period): the app's resources are closed, it cannot serve.
             await answer_unavailable(receive, send)
+            return
+        if ambiguous_framing(scope):
+            await answer_ambiguous_framing(receive, send)
             return
         await HttpExchange(app, scope, receive, send).serve()

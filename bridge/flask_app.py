@@ -29,6 +29,7 @@ from werkzeug.routing import RequestRedirect
 
 from bridge.body import RequestBody
 from bridge.greenlets import MissingBridgeError, in_bridge_greenlet, run_coroutine
+from bridge.http import AT_EXCHANGE_END, SEND_IDLE
 from bridge.pool import PoolIterator, wait_in_pool
 from bridge.serving import SERVING_LOOP, run_from_worker, serving_state
 
@@ -103,6 +104,31 @@ def request_body_chunks() -> AsyncIterator[bytes]:
         return stream.iter_chunks()
     # Outside the served stack (the test client): a plain in-memory stream.
     return _chunks_of(request.stream)
+
+
+def call_when_exchange_ends(callback: Callable[[], object]) -> None:
+    """Call ``callback`` once the current request's exchange is over, however it ended.
+
+    For what a streamed response holds (an upstream connection): the
+    response's own ``call_on_close`` is never reached when something fails
+    between the view and the response's start (a hook, a header the server
+    refuses), nor is the response closed then. Outside the served stack
+    (Flask's test client) nothing is registered: that caller closes the
+    response it gets.
+    """
+    callbacks: list[Callable[[], object]] | None = request.environ.get(AT_EXCHANGE_END)
+    if callbacks is not None:
+        callbacks.append(callback)
+
+
+def limit_send_idle(seconds: float) -> None:
+    """Fail the current exchange when the client takes no part of its response for ``seconds``.
+
+    For a response that holds something scarce while it streams (an
+    upstream connection): a client that stops reading would otherwise hold
+    it for as long as it stays connected. No effect outside the served stack.
+    """
+    request.environ[SEND_IDLE] = seconds
 
 
 def request_body_over_limit() -> bool:

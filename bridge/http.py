@@ -42,8 +42,43 @@ _UNAVAILABLE_BODY = json.dumps(
 ).encode()
 
 
+_AMBIGUOUS_FRAMING_BODY = json.dumps(
+    {
+        "type": "about:blank",
+        "title": "Bad Request",
+        "status": 400,
+        "detail": "Content-Length and Transfer-Encoding together: the body's length is ambiguous.",
+    }
+).encode()
+
+
 async def answer_unavailable(receive: Receive, send: Send) -> None:
     """Answer 503 problem+json without running the app, and close the connection."""
+    # Another instance, or this one restarted, can take it.
+    await _answer_and_close(receive, send, 503, _UNAVAILABLE_BODY, [(b"retry-after", b"1")])
+
+
+def ambiguous_framing(scope: Message) -> bool:
+    """Tell whether a request has both Content-Length and Transfer-Encoding.
+
+    RFC 9112 6.1: such a request may be an attempt at request smuggling; the
+    server may refuse it and must close the connection after answering. An
+    app reading the body by one framing while a proxy behind it trusts the
+    other would pass a different request on (Hypercorn/h11 accept it, with
+    Transfer-Encoding winning).
+    """
+    names = {name.lower() for name, _ in scope.get("headers", ())}
+    return b"content-length" in names and b"transfer-encoding" in names
+
+
+async def answer_ambiguous_framing(receive: Receive, send: Send) -> None:
+    """Answer 400 problem+json without running the app, and close the connection."""
+    await _answer_and_close(receive, send, 400, _AMBIGUOUS_FRAMING_BODY, [])
+
+
+async def _answer_and_close(
+    receive: Receive, send: Send, status: int, body: bytes, extra: list[tuple[bytes, bytes]]
+) -> None:
     # Take the request body in meanwhile: Hypercorn stops reading once its
     # queue of body chunks is full, and would then never send the answer.
     drain = asyncio.get_running_loop().create_task(_drain(receive))
@@ -51,17 +86,16 @@ async def answer_unavailable(receive: Receive, send: Send) -> None:
         await send(
             {
                 "type": "http.response.start",
-                "status": 503,
+                "status": status,
                 "headers": [
                     (b"content-type", b"application/problem+json"),
-                    (b"content-length", str(len(_UNAVAILABLE_BODY)).encode()),
+                    (b"content-length", str(len(body)).encode()),
                     (b"connection", b"close"),
-                    # Another instance, or this one restarted, can take it.
-                    (b"retry-after", b"1"),
+                    *extra,
                 ],
             }
         )
-        await send({"type": "http.response.body", "body": _UNAVAILABLE_BODY})
+        await send({"type": "http.response.body", "body": body})
     finally:
         drain.cancel()
 
@@ -70,6 +104,14 @@ async def _drain(receive: Receive) -> None:
     while (await receive())["type"] != "http.disconnect":
         pass
 
+
+#: The environ key of the callbacks to run once the exchange is over (see
+#: ``bridge.call_when_exchange_ends``).
+AT_EXCHANGE_END = "bridge.at_exchange_end"
+
+#: The environ key of the most seconds each response message may wait for
+#: the client to take it (see ``bridge.limit_send_idle``).
+SEND_IDLE = "bridge.send_idle_seconds"
 
 #: How long the app must have been waiting (for anything but its own body or
 #: its final send) before a watcher listens for the client going away. Most
@@ -106,6 +148,8 @@ class HttpExchange:
         self._watcher: asyncio.Task[None] | None = None
         self._watch_timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[Any] | None = None
+        self._at_end: list[Callable[[], object]] = []
+        self._environ: dict[str, Any] = {}
 
     async def serve(self) -> None:
         """Run the app for this request and send its response."""
@@ -117,6 +161,17 @@ class HttpExchange:
                 self._watch_timer.cancel()
             if self._watcher is not None:
                 self._watcher.cancel()
+            self._run_end_callbacks()
+
+    def _run_end_callbacks(self) -> None:
+        # However the exchange ended (answered, failed before the response
+        # started, cancelled by a disconnect): these free what a streamed
+        # response would have freed when closed, had it been reached.
+        for callback in self._at_end:
+            try:
+                callback()
+            except Exception:
+                logger.exception("a callback at the end of the exchange failed")
 
     def _before_await(self) -> None:
         # The first time the app waits, arm a timer (cheap, unlike a task):
@@ -157,6 +212,8 @@ class HttpExchange:
 
     def _run(self) -> None:
         environ = build_environ(self._scope, self._body)
+        environ[AT_EXCHANGE_END] = self._at_end
+        self._environ = environ
         try:
             app_iter = self._app(environ, self._start_response)
         except Exception:
@@ -224,7 +281,7 @@ class HttpExchange:
             if self._watcher is None:
                 self._watcher = asyncio.get_running_loop().create_task(self._watch_disconnect())
         if self._started:
-            await_only(self._send(body))
+            await_only(self._send_within(body))
         else:
             self._started = True
             start: Message = {
@@ -233,15 +290,23 @@ class HttpExchange:
                 "headers": self._headers,
             }
             # One switch to the loop for both messages of a buffered response.
-            await_only(self._send_both(start, body))
+            await_only(self._send_within(start, body))
         if final and self._watcher is not None:
             # The response is out: nothing is left for a disconnect to cancel,
             # and the body is drained (the server took the last message).
             self._watcher.cancel()
 
-    async def _send_both(self, first: Message, second: Message) -> None:
-        await self._send(first)
-        await self._send(second)
+    async def _send_within(self, *messages: Message) -> None:
+        # A client that stops reading stalls the send once the buffers are
+        # full, and the server has no write timeout: past the app's limit the
+        # exchange fails (the server then drops the connection).
+        seconds: float | None = self._environ.get(SEND_IDLE)
+        for message in messages:
+            if seconds is None:
+                await self._send(message)  # no timer on the common path
+                continue
+            async with asyncio.timeout(seconds):
+                await self._send(message)
 
     def _send_failure(self) -> None:
         self._status = 500

@@ -7,6 +7,7 @@
      +-- UpstreamStatusError      an answer with an error status (4xx, 5xx)
      +-- CircuitOpen              refused without a call: the upstream's circuit is open
      +-- BlockedDestination       refused without a call: a forbidden address
+     +-- UploadStalled            the client's streamed body stopped arriving (its fault)
 
 ``errors.py`` maps them to problem details, in one place.
 """
@@ -53,3 +54,7 @@ class CircuitOpen(UpstreamError):
 
 class BlockedDestination(UpstreamError):
     """The destination address is forbidden (loopback, private, metadata...): no connection made."""
+
+
+class UploadStalled(UpstreamError):
+    """The client's streamed body stopped arriving: the call ended (not the upstream's fault)."""

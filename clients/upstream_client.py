@@ -18,6 +18,7 @@ from clients.errors import (
     BadUpstreamPayload,
     BlockedDestination,
     CircuitOpen,
+    UploadStalled,
     UpstreamError,
     UpstreamTimeout,
     UpstreamUnavailable,
@@ -429,7 +430,11 @@ class UpstreamClient:
             if trial:
                 self.breaker.abandon_trial()
             raise
-        upload = _TrackedBody(body) if body is not None and not isinstance(body, bytes) else None
+        upload = (
+            _TrackedBody(body, idle=self.config.timeout)
+            if body is not None and not isinstance(body, bytes)
+            else None
+        )
         # The client chose the path, and a body's length, pace and framing are
         # its own: only failures of the connection itself count (BlameRule).
         rule = CLIENT_PATH if body is None else CLIENT_BODY
@@ -449,6 +454,14 @@ class UpstreamClient:
                 )
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             self._slots.release()
+            if upload is not None and upload.stalled:
+                # The client's doing, not the upstream's: never held against it.
+                if trial:
+                    self.breaker.abandon_trial()
+                raise UploadStalled(
+                    self.name,
+                    f"The request body stopped arriving (nothing for {self.config.timeout:.3g}s).",
+                ) from exc
             error = self._failure(exc, seconds=self.config.timeout, rule=rule)
             if trial:
                 self.breaker.abandon_trial()  # after _failure: a no-op if it recorded the failure
@@ -459,7 +472,7 @@ class UpstreamClient:
                 self.breaker.abandon_trial()
             raise
         self._record_answer(response.status, rule, trial=trial)
-        return UpstreamStream(response, self._slots.release)
+        return UpstreamStream(response, self._slots.release, idle=self.config.timeout)
 
 
 def _outcome(error: UpstreamError) -> str:
@@ -482,14 +495,30 @@ def _cause(error: UpstreamError) -> str:
 
 
 class _TrackedBody:
-    """A request body passed through, remembering whether it was sent whole."""
+    """A request body passed through, remembering whether it was sent whole or stalled.
 
-    def __init__(self, source: AsyncIterable[bytes]) -> None:
+    Each chunk must come within ``idle`` seconds: a client trickling nothing
+    would otherwise hold the upstream's connection slot for as long as it
+    likes (the upstream waits for the body, so its own timeout never runs).
+    """
+
+    def __init__(self, source: AsyncIterable[bytes], *, idle: float) -> None:
         self._source = source
+        self._idle = idle
         self.finished = False
+        self.stalled = False
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        async for chunk in self._source:
+        iterator = aiter(self._source)
+        while True:
+            try:
+                async with asyncio.timeout(self._idle):
+                    chunk = await anext(iterator)
+            except StopAsyncIteration:
+                break
+            except TimeoutError:
+                self.stalled = True
+                raise
             yield chunk
         self.finished = True
 
@@ -501,9 +530,12 @@ class UpstreamStream:
     and frees the upstream's connection slot, exactly once.
     """
 
-    def __init__(self, response: aiohttp.ClientResponse, free_slot: Callable[[], None]) -> None:
+    def __init__(
+        self, response: aiohttp.ClientResponse, free_slot: Callable[[], None], *, idle: float
+    ) -> None:
         self.response = response
         self._free_slot = free_slot
+        self._idle = idle
         self._closed = False
 
     def close(self) -> None:
@@ -518,9 +550,20 @@ class UpstreamStream:
         self._free_slot()
 
     async def chunks(self, size: int) -> AsyncIterator[bytes]:
-        """The body as it arrives; closes the stream when done, failed or abandoned."""
+        """The body as it arrives; closes the stream when done, failed or abandoned.
+
+        Each chunk must come within ``idle`` seconds (TimeoutError). aiohttp's
+        own sock_read timer is not enough: after a malformed chunk its C
+        parser drops the timer and leaves the body neither failed nor ended,
+        so the read would wait for ever.
+        """
         try:
-            async for chunk in self.response.content.iter_chunked(size):
+            chunks = self.response.content.iter_chunked(size)
+            while True:
+                async with asyncio.timeout(self._idle):
+                    chunk = await anext(chunks, None)
+                if chunk is None:
+                    return
                 yield chunk
         finally:
             self.close()

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
 from urllib.parse import quote, unquote
 
 from flask import Blueprint, Response, abort, current_app, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from bridge import iterate_async, request_body_chunks, request_body_over_limit
+from bridge import (
+    call_when_exchange_ends,
+    iterate_async,
+    limit_send_idle,
+    request_body_chunks,
+    request_body_over_limit,
+)
 from clients.errors import UpstreamError
 from core.proxy_headers import ClientSide, client_response_headers, upstream_request_headers
 from request_ids import current_request_id
@@ -28,12 +36,13 @@ async def proxy(upstream: str, path: str) -> Response:
         abort(404, description=f"No upstream named {upstream!r} is configured.")
     target = _upstream_path(upstream, path)
     headers = upstream_request_headers(
-        request.headers.items(),
+        _client_headers(request.headers.items()),
         client=ClientSide(
             address=request.remote_addr or "",
             scheme=request.scheme,
             host=request.host,
             request_id=current_request_id(),
+            http_version=request.environ.get("SERVER_PROTOCOL", "HTTP/1.1").removeprefix("HTTP/"),
         ),
         forward=client.config.forward_headers,
         trusted_proxies=gateway_config(current_app).server.trusted_proxies,
@@ -48,12 +57,21 @@ async def proxy(upstream: str, path: str) -> Response:
         if request_body_over_limit():
             raise RequestEntityTooLarge() from None
         raise
+    # The upstream's connection slot is freed whatever fails from here on (a
+    # hook, the server refusing the response's start), not only when the
+    # response is closed; closing twice is a no-op.
+    call_when_exchange_ends(stream.close)
+    # A client that stops reading must not hold the slot either: it gets as
+    # long per chunk as the upstream does.
+    limit_send_idle(client.config.timeout)
     answer = stream.response
     pass_cookies = "cookie" in {name.lower() for name in client.config.forward_headers}
     response = Response(
         iterate_async(stream.chunks(CHUNK_BYTES)),
         status=answer.status,
-        headers=client_response_headers(answer.headers.items(), pass_cookies=pass_cookies),
+        headers=client_response_headers(
+            _raw_headers(answer.raw_headers), pass_cookies=pass_cookies
+        ),
     )
     if "Content-Type" not in answer.headers:
         # Werkzeug adds text/html by default; say nothing the upstream did not.
@@ -61,6 +79,60 @@ async def proxy(upstream: str, path: str) -> Response:
     # Also closed when the body is never iterated (HEAD, 204, 304).
     response.call_on_close(stream.close)
     return response
+
+
+#: Where upstreams split paths: "/" and, on Windows servers (and some
+#: frameworks), "\\".
+_SEPARATORS = re.compile(r"[/\\]")
+#: How many layers of percent-encoding are looked through: some upstreams
+#: (or a proxy in front of them) decode twice.
+_DECODINGS = 3
+
+
+def _has_dot_segment(path: str) -> bool:
+    # Looked at as sent and after each decoding: an upstream that decodes
+    # %2F, %5C or %2E (once or twice) before resolving would see them.
+    for _ in range(_DECODINGS):
+        decoded = unquote(path)
+        if any(_is_dot_segment(segment) for segment in _SEPARATORS.split(decoded)):
+            return True
+        if decoded == path:
+            return False
+        path = decoded
+    return False
+
+
+def _is_dot_segment(segment: str) -> bool:
+    # Tomcat and Jetty drop ";params" before resolving ("..;" is ".."), and
+    # Windows drops trailing dots and spaces ("..." and ".. " are ".."); a
+    # NUL may end the path for a C upstream.
+    core = segment.split(";", 1)[0]
+    return "." in core and not core.strip(". \t\x00")
+
+
+def _client_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    # WSGI hands header bytes over as latin-1 strings, and aiohttp encodes
+    # what it sends as UTF-8: non-ASCII bytes would reach the upstream
+    # re-encoded ("日本" as mojibake). UTF-8 bytes are passed on unchanged;
+    # other bytes aiohttp cannot send, and the proxy does not alter a request.
+    converted = []
+    for name, value in headers:
+        if value.isascii():
+            converted.append((name, value))
+            continue
+        try:
+            converted.append((name, value.encode("latin-1").decode("utf-8")))
+        except UnicodeDecodeError:
+            abort(400, description=f"Header {name} holds bytes that are neither ASCII nor UTF-8.")
+    return converted
+
+
+def _raw_headers(raw: tuple[tuple[bytes, bytes], ...]) -> list[tuple[str, str]]:
+    # The header bytes exactly as the upstream sent them, as WSGI's latin-1
+    # strings: obs-text (bytes 0x80-0xFF, RFC 9110 5.5) is opaque data a proxy
+    # passes on unchanged. aiohttp's decoded (UTF-8) values would not survive
+    # the server's latin-1 encoding, and re-encoding them would alter them.
+    return [(name.decode("latin-1"), value.decode("latin-1")) for name, value in raw]
 
 
 def _upstream_path(upstream: str, path: str) -> str:
@@ -77,8 +149,7 @@ def _upstream_path(upstream: str, path: str) -> str:
     # climb out of the base URL's path.
     if not tail.startswith("/") or tail.startswith("//"):
         abort(404, description="No such proxied path.")
-    # Checked after decoding too: an upstream that decodes %2F would see them.
-    if any(segment in (".", "..") for segment in unquote(tail).split("/")):
+    if _has_dot_segment(tail):
         abort(400, description="Proxied paths may not contain . or .. segments.")
     query = request.query_string.decode("latin-1")
     return f"{tail}?{query}" if query else tail

@@ -41,7 +41,74 @@ def test_credentials_hop_by_hop_and_client_forwarding_claims_are_dropped() -> No
         "x-forwarded-proto": ["https"],
         "x-forwarded-host": ["gw.example"],
         "x-request-id": ["r1"],
+        "via": ["1.1 fanout"],
     }
+
+
+#: Client headers claiming an address, a scheme or a URL, as a client may forge them.
+CLIENT_CLAIMS = [
+    ("Forwarded", "for=6.6.6.6;proto=https;host=admin.example"),
+    ("X-Real-IP", "6.6.6.6"),
+    ("True-Client-IP", "6.6.6.6"),
+    ("X-Client-IP", "6.6.6.6"),
+    ("X-Cluster-Client-IP", "6.6.6.6"),
+    ("X-Originating-IP", "6.6.6.6"),
+    ("X-Remote-IP", "6.6.6.6"),
+    ("X-Remote-Addr", "6.6.6.6"),
+    ("CF-Connecting-IP", "6.6.6.6"),
+    ("Fastly-Client-IP", "6.6.6.6"),
+    ("X-Forwarded-Port", "443"),
+    ("X-Forwarded-Prefix", "/admin"),
+    ("X-Forwarded-Server", "admin.example"),
+    ("X-Forwarded-Scheme", "https"),
+    ("X-Forwarded-Ssl", "on"),
+    ("Front-End-Https", "on"),
+    ("X-Original-URL", "/admin"),
+    ("X-Original-URI", "/admin"),
+    ("X-Rewrite-URL", "/admin"),
+    ("X-Host", "admin.example"),
+    ("Proxy", "http://6.6.6.6:8080"),
+    ("Expect", "100-continue"),
+]
+
+
+@pytest.mark.parametrize("trusted", [0, 2])
+def test_client_address_and_url_claims_are_dropped(trusted: int) -> None:
+    sent = _up([*CLIENT_CLAIMS, ("Accept", "a/b")], trusted_proxies=trusted)
+    assert sorted(sent) == [
+        "accept",
+        "via",
+        "x-forwarded-for",
+        "x-forwarded-host",
+        "x-forwarded-proto",
+        "x-request-id",
+    ]
+    assert sent["x-forwarded-for"] == ["203.0.113.9"]
+
+
+@pytest.mark.parametrize(
+    ("values", "trusted", "expected"),
+    [
+        ([], 0, "1.1 fanout"),
+        (["1.0 evil"], 0, "1.1 fanout"),  # no trusted proxy: the client's own is dropped
+        (["1.0 evil, 1.1 lb"], 1, "1.1 lb, 1.1 fanout"),
+        (["1.0 evil", "1.1 lb"], 1, "1.1 lb, 1.1 fanout"),  # repeated headers too
+        (["1.1 lb"], 3, "1.1 lb, 1.1 fanout"),
+    ],
+)
+def test_via_keeps_trusted_hops_and_adds_the_gateway(
+    values: list[str], trusted: int, expected: str
+) -> None:
+    sent = _up([("Via", value) for value in values], trusted_proxies=trusted)
+    assert sent["via"] == [expected]
+
+
+def test_via_names_the_protocol_the_request_came_in_with() -> None:
+    client = ClientSide(
+        address="203.0.113.9", scheme="https", host="gw", request_id="r", http_version="2"
+    )
+    sent = upstream_request_headers([], client=client, forward=(), trusted_proxies=0)
+    assert ("Via", "2 fanout") in sent
 
 
 def test_configured_credentials_pass() -> None:
