@@ -403,24 +403,31 @@ class UpstreamClient:
         *,
         headers: Headers,
         body: Body,
+        min_upload_rate: int = 0,
     ) -> UpstreamStream:
         """Send a request and return the response once its head arrived (body unread).
 
         For the proxy: the body is passed through as sent (no decompression);
         the caller closes the stream, which frees its connection slot. Without
-        a request body, the head must arrive within ``timeout``; while the
-        client's body is still being sent up, only an idle upstream (no bytes
-        for ``timeout``) ends the call, and failures then are not held against
-        the upstream: a slow or oversized upload is the client's doing.
+        a request body, the head must arrive within ``timeout``. A streamed
+        body must bring at least ``min_upload_rate`` bytes per second (and at
+        least one byte) in each window of ``timeout`` seconds, else the call
+        ends with UploadStalled; what fails while a body is being sent is
+        held against the upstream only as BlameRule says (CLIENT_BODY).
         """
         return await self._observed(
             method,
-            self._open_stream(method, path_and_query, headers, body),
+            self._open_stream(method, path_and_query, headers, body, min_upload_rate),
             lambda stream: stream.response.status,
         )
 
     async def _open_stream(
-        self, method: str, path_and_query: str, headers: Headers, body: Body
+        self,
+        method: str,
+        path_and_query: str,
+        headers: Headers,
+        body: Body,
+        min_upload_rate: int,
     ) -> UpstreamStream:
         trial = self._admit()
         try:
@@ -431,7 +438,7 @@ class UpstreamClient:
                 self.breaker.abandon_trial()
             raise
         upload = (
-            _TrackedBody(body, idle=self.config.timeout)
+            _TrackedBody(body, window=self.config.timeout, min_rate=min_upload_rate)
             if body is not None and not isinstance(body, bytes)
             else None
         )
@@ -460,7 +467,8 @@ class UpstreamClient:
                     self.breaker.abandon_trial()
                 raise UploadStalled(
                     self.name,
-                    f"The request body stopped arriving (nothing for {self.config.timeout:.3g}s).",
+                    f"The request body arrived too slowly (under {upload.needed} bytes "
+                    f"in {self.config.timeout:.3g}s).",
                 ) from exc
             error = self._failure(exc, seconds=self.config.timeout, rule=rule)
             if trial:
@@ -495,32 +503,45 @@ def _cause(error: UpstreamError) -> str:
 
 
 class _TrackedBody:
-    """A request body passed through, remembering whether it was sent whole or stalled.
+    """A request body passed through, remembering whether it stalled.
 
-    Each chunk must come within ``idle`` seconds: a client trickling nothing
-    would otherwise hold the upstream's connection slot for as long as it
-    likes (the upstream waits for the body, so its own timeout never runs).
+    Each window of ``window`` seconds must bring at least ``needed`` bytes
+    (``min_rate`` per second, and at least one): a client sending nothing,
+    or one byte now and then, would otherwise hold the upstream's connection
+    slot for as long as it likes (the upstream waits for the body, so its
+    own timeout never runs). The rule of Apache's mod_reqtimeout MinRate.
     """
 
-    def __init__(self, source: AsyncIterable[bytes], *, idle: float) -> None:
+    def __init__(self, source: AsyncIterable[bytes], *, window: float, min_rate: int) -> None:
         self._source = source
-        self._idle = idle
-        self.finished = False
+        self._window = window
+        self.needed = max(1, int(min_rate * window))
         self.stalled = False
 
     async def chunks(self) -> AsyncIterator[bytes]:
+        loop = asyncio.get_running_loop()
         iterator = aiter(self._source)
+        # Only time spent waiting for the client counts: while the upstream
+        # is slow to take a chunk, the next one is not asked for.
+        waiting_left = self._window
+        received = 0
         while True:
+            asked = loop.time()
             try:
-                async with asyncio.timeout(self._idle):
+                async with asyncio.timeout(waiting_left):
                     chunk = await anext(iterator)
             except StopAsyncIteration:
                 break
             except TimeoutError:
                 self.stalled = True
                 raise
+            received += len(chunk)
+            if received >= self.needed:
+                # This window's share arrived: a new window starts.
+                waiting_left, received = self._window, 0
+            else:
+                waiting_left -= loop.time() - asked
             yield chunk
-        self.finished = True
 
 
 class UpstreamStream:

@@ -165,6 +165,9 @@ class ServerConfig:
     max_body_bytes: int = 1_048_576
     sync_threads: int = 64
     trusted_proxies: int = 0
+    #: Bytes per second a proxied upload must keep up, averaged over each
+    #: window of the upstream's ``timeout`` (0: only idleness ends it).
+    min_upload_rate: int = 500
 
 
 @dataclass(frozen=True)
@@ -477,6 +480,7 @@ class _Parser:
             max_body_bytes=self.integer(table, "max_body_bytes", path, d.max_body_bytes, 0),
             sync_threads=self.integer(table, "sync_threads", path, d.sync_threads, 1),
             trusted_proxies=self.integer(table, "trusted_proxies", path, d.trusted_proxies, 0),
+            min_upload_rate=self.integer(table, "min_upload_rate", path, d.min_upload_rate, 0),
         )
 
     def jobs(self, table: Mapping[str, object]) -> JobsConfig:

@@ -50,7 +50,13 @@ async def proxy(upstream: str, path: str) -> Response:
     has_body = request.content_length or "chunked" in request.headers.get("Transfer-Encoding", "")
     body = request_body_chunks() if has_body else None
     try:
-        stream = await client.open_stream(request.method, target, headers=headers, body=body)
+        stream = await client.open_stream(
+            request.method,
+            target,
+            headers=headers,
+            body=body,
+            min_upload_rate=gateway_config(current_app).server.min_upload_rate,
+        )
     except UpstreamError:
         # A body that went over the limit while being streamed up shows as a
         # broken upstream call: answer 413, as for a declared length.

@@ -19,8 +19,15 @@ Reader = asyncio.StreamReader
 Writer = asyncio.StreamWriter
 
 
-def _config(upstream_url: str, *, max_connections: int = 2, timeout: float = 1.0) -> str:
-    return f"""
+def _config(
+    upstream_url: str,
+    *,
+    max_connections: int = 2,
+    timeout: float = 1.0,
+    min_upload_rate: int | None = None,
+) -> str:
+    server = "" if min_upload_rate is None else f"[server]\nmin_upload_rate = {min_upload_rate}\n"
+    return f"""{server}
 [upstreams.raw]
 base_url = "{upstream_url}"
 internal = true
@@ -132,6 +139,57 @@ async def test_an_idle_upload_ends_the_call_and_frees_the_slot(tmp_path: Path) -
         async with gateway.client.post("/proxy/raw/up", data=b"x" * 10) as response:
             assert response.status == 200, await response.text()
             assert await response.read() == b"10"
+
+
+async def _upload_slowly(
+    gateway: Gateway, size: int, chunk: int, pause: float, *, read_for: float = 20.0
+) -> bytes:
+    """POST ``size`` bytes to the proxy, ``chunk`` bytes every ``pause`` seconds; the answer."""
+    host, port = gateway.url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    head = b"POST /proxy/raw/up HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n" % size
+    writer.write(head)
+
+    async def trickle() -> None:
+        for _ in range(size // chunk):
+            writer.write(b"x" * chunk)
+            await writer.drain()
+            await asyncio.sleep(pause)
+
+    sender = asyncio.create_task(trickle())
+    try:
+        async with asyncio.timeout(read_for):
+            return await reader.readuntil(b"\r\n\r\n")
+    finally:
+        sender.cancel()
+        writer.close()
+
+
+async def test_a_trickled_upload_ends_the_call_and_frees_the_slot(tmp_path: Path) -> None:
+    # One byte every 0.1 s never leaves the upstream idle for its 0.5 s
+    # timeout, yet 1,000 bytes would hold its only slot for 100 s: below
+    # [server] min_upload_rate (500 bytes/s by default) the call ends.
+    async with _serving(_echo_body, tmp_path, max_connections=1, timeout=0.5) as (gateway, _):
+        answer = await _upload_slowly(gateway, 1000, 1, 0.1)
+        assert answer.startswith(b"HTTP/1.1 408"), answer
+        async with gateway.client.post("/proxy/raw/up", data=b"x" * 10) as response:
+            assert response.status == 200, await response.text()
+            assert await response.read() == b"10"
+
+
+async def test_an_upload_at_a_fair_rate_is_passed_whole(tmp_path: Path) -> None:
+    # 1 KiB every 0.2 s (5 KiB/s) with pauses shorter than the timeout: served.
+    async with _serving(_echo_body, tmp_path, max_connections=1, timeout=0.5) as (gateway, _):
+        answer = await _upload_slowly(gateway, 8 * 1024, 1024, 0.2)
+        assert answer.startswith(b"HTTP/1.1 200"), answer
+
+
+async def test_the_minimum_upload_rate_can_be_turned_off(tmp_path: Path) -> None:
+    async with _serving(
+        _echo_body, tmp_path, max_connections=1, timeout=0.5, min_upload_rate=0
+    ) as (gateway, _):
+        answer = await _upload_slowly(gateway, 20, 1, 0.1)
+        assert answer.startswith(b"HTTP/1.1 200"), answer
 
 
 async def test_expect_100_continue_is_not_forwarded(tmp_path: Path) -> None:
