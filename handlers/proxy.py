@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from urllib.parse import quote, unquote
 
 from flask import Blueprint, Response, abort, current_app, request
@@ -47,8 +47,7 @@ async def proxy(upstream: str, path: str) -> Response:
         forward=client.config.forward_headers,
         trusted_proxies=gateway_config(current_app).server.trusted_proxies,
     )
-    has_body = request.content_length or "chunked" in request.headers.get("Transfer-Encoding", "")
-    body = request_body_chunks() if has_body else None
+    body = await _request_body()
     try:
         stream = await client.open_stream(
             request.method,
@@ -139,6 +138,29 @@ def _raw_headers(raw: tuple[tuple[bytes, bytes], ...]) -> list[tuple[str, str]]:
     # passes on unchanged. aiohttp's decoded (UTF-8) values would not survive
     # the server's latin-1 encoding, and re-encoding them would alter them.
     return [(name.decode("latin-1"), value.decode("latin-1")) for name, value in raw]
+
+
+async def _request_body() -> AsyncIterator[bytes] | None:
+    """The client's body to stream upstream, or None if it sent none."""
+    if request.content_length is not None:
+        return request_body_chunks() if request.content_length else None
+    if "chunked" in request.headers.get("Transfer-Encoding", "").lower():
+        return request_body_chunks()
+    if request.environ.get("SERVER_PROTOCOL", "HTTP/1.1") in ("HTTP/1.0", "HTTP/1.1"):
+        return None  # HTTP/1 without either header has no body (RFC 9112 6.3)
+    # HTTP/2 and 3 frame a body without Content-Length: wait for its first
+    # bytes (or its end) to know whether there is one.
+    chunks = request_body_chunks()
+    first = await anext(chunks, None)
+    if first is None:
+        return None
+    return _starting_with(first, chunks)
+
+
+async def _starting_with(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    yield first
+    async for chunk in rest:
+        yield chunk
 
 
 def _upstream_path(upstream: str, path: str) -> str:

@@ -466,3 +466,53 @@ async def test_a_client_that_stops_reading_frees_the_upstream_slot(tmp_path: Pat
                 async with gateway.client.get("/proxy/raw/good") as response:
                     status = response.status
         writer.close()
+
+
+# --- HTTP/2 bodies, which need no Content-Length -----------------------------
+
+
+async def _h2_call(url: str, method: str, path: str, body: bytes | None) -> tuple[int, bytes]:
+    """One prior-knowledge HTTP/2 request (no Content-Length sent); its status and body."""
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    connection = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    connection.initiate_connection()
+    stream = connection.get_next_available_stream_id()
+    head = [(":method", method), (":path", path), (":scheme", "http"), (":authority", "t")]
+    connection.send_headers(stream, head, end_stream=body is None)
+    if body is not None:
+        connection.send_data(stream, body, end_stream=True)
+    writer.write(connection.data_to_send())
+    status, data, ended = 0, b"", False
+    try:
+        async with asyncio.timeout(10):
+            while not ended and (received := await reader.read(65536)):
+                for event in connection.receive_data(received):
+                    if isinstance(event, h2.events.ResponseReceived):
+                        status = int(dict(event.headers)[b":status"])
+                    elif isinstance(event, h2.events.DataReceived):
+                        data += event.data
+                        connection.acknowledge_received_data(
+                            event.flow_controlled_length, event.stream_id
+                        )
+                    elif isinstance(event, h2.events.StreamEnded):
+                        ended = True
+                writer.write(connection.data_to_send())
+    finally:
+        writer.close()
+    return status, data
+
+
+async def test_an_http2_body_without_content_length_is_proxied(tmp_path: Path) -> None:
+    async with _serving(_echo_framing, tmp_path) as (gateway, upstream):
+        status, data = await _h2_call(gateway.url, "POST", "/proxy/raw/up", b"hello")
+        assert status == 200, data
+        assert data.startswith(b"hello"), data
+        # Without a body, nothing is framed as one.
+        status, data = await _h2_call(gateway.url, "POST", "/proxy/raw/up", None)
+        assert status == 200 and data == b"", data
+        assert header(upstream.heads[-1], b"transfer-encoding") is None
