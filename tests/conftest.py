@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
@@ -12,7 +13,7 @@ from app import create_app
 from bridge import ASGIBridge, BridgeFlask
 from tests.fault_upstream import FaultUpstream, fault_upstream, make_bomb
 from tests.probe_views import ProbeState, mount_probes
-from tests.redis_server import prefix, redis_url, store_url  # noqa: F401 - shared fixtures
+from tests.redis_server import own_redis, prefix, redis_url, store_url  # noqa: F401 - shared fixtures
 from tests.serving import hypercorn_serving
 from tests.upstream import FakeUpstream, fake_upstream
 
@@ -28,6 +29,14 @@ def _no_fanout_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     # Jobs in memory unless a test asks for a store (child processes inherit it).
     monkeypatch.setenv("FANOUT_JOB_STORE", "memory://")
     yield
+
+
+@pytest.fixture
+def refused_port() -> Iterator[int]:
+    """A port on 127.0.0.1 that refuses connections: bound, never listening."""
+    with socket.socket() as bound:
+        bound.bind(("127.0.0.1", 0))
+        yield bound.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,7 @@ key prefix per test whose keys are deleted afterwards."""
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import shutil
 import socket
@@ -107,3 +108,31 @@ async def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIter
     prefix = new_prefix()
     yield f"{url}?prefix={prefix}"
     await delete_prefix(url, prefix)
+
+
+@pytest.fixture
+async def own_redis() -> AsyncIterator[tuple[int, asyncio.subprocess.Process]]:
+    """A Redis server of this test's own, on a free port (the test may kill it)."""
+    port = _free_port()
+    server = await asyncio.create_subprocess_exec(
+        "redis-server",
+        "--port",
+        str(port),
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        stdout=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(200):
+            if _answers(port):
+                break
+            await asyncio.sleep(0.05)
+        else:
+            pytest.fail(f"redis-server on port {port} does not answer")
+        yield port, server
+    finally:
+        if server.returncode is None:
+            server.kill()
+            await server.wait()

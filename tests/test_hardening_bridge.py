@@ -12,7 +12,6 @@ import json
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,6 @@ from bridge.h2c import ALLOW_H2C_UPGRADE
 from tests.fault_upstream import FaultUpstream
 from tests.gateway_serving import Gateway, gateway_serving
 from tests.processes import ROOT, free_port, hypercorn_command, until_ready
-from tests.redis_server import _answers
 from tests.serving import hypercorn_serving
 
 
@@ -84,32 +82,6 @@ async def _assert_every_job_route_answers_503(gateway: Gateway, job_id: str) -> 
             assert int(response.headers["Retry-After"]) >= 1, (method, path)
             # The problem names no store location (a file path, a host).
             assert "127.0.0.1" not in text and "jobs.db" not in text, text
-
-
-@pytest.fixture
-async def own_redis() -> AsyncIterator[tuple[int, asyncio.subprocess.Process]]:
-    """A Redis server of this test's own, on a free port (the test may kill it)."""
-    port = free_port()
-    server = await asyncio.create_subprocess_exec(
-        "redis-server",
-        "--port",
-        str(port),
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        stdout=asyncio.subprocess.DEVNULL,
-    )
-    try:
-        for _ in range(200):
-            if _answers(port):
-                break
-            await asyncio.sleep(0.05)
-        yield port, server
-    finally:
-        if server.returncode is None:
-            server.kill()
-            await server.wait()
 
 
 async def test_job_routes_answer_503_while_redis_is_down(

@@ -11,9 +11,8 @@ import asyncio
 import contextlib
 import json
 import logging
-import socket
 import sqlite3
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -116,14 +115,6 @@ path = "/orders/<user_id>"
   path = "/echo-query?user={{user_id}}&kind=open"
   pass_query = true
 """
-
-
-@pytest.fixture
-def refused_port() -> Iterator[int]:
-    """A port on 127.0.0.1 that refuses connections: bound, never listening."""
-    with socket.socket() as bound:
-        bound.bind(("127.0.0.1", 0))
-        yield bound.getsockname()[1]
 
 
 @pytest.fixture

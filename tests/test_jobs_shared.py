@@ -17,7 +17,6 @@ import pytest
 
 from tests.fault_upstream import FaultUpstream
 from tests.gateway_serving import Gateway, gateway_serving
-from tests.redis_server import _answers, _free_port
 
 
 def _config(upstream_url: str) -> str:
@@ -115,39 +114,20 @@ async def test_a_cancel_sent_to_the_other_instance_stops_the_job(
 
 
 async def test_a_store_that_went_down_answers_503_and_starts_nothing(
-    fault: FaultUpstream, tmp_path: Path
+    fault: FaultUpstream, tmp_path: Path, own_redis: tuple[int, asyncio.subprocess.Process]
 ) -> None:
-    port = _free_port()
-    server = await asyncio.create_subprocess_exec(
-        "redis-server",
-        "--port",
-        str(port),
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        stdout=asyncio.subprocess.DEVNULL,
-    )
-    try:
-        for _ in range(100):
-            if _answers(port):
-                break
-            await asyncio.sleep(0.05)
-        settings = {"JOB_STORE": f"redis://127.0.0.1:{port}/0"}
-        async with gateway_serving(_config(fault.url), tmp_path, settings) as gateway:
-            server.kill()
-            await server.wait()
-            batch = {"upstream": "fault", "path": "/json?i={item}", "items": [1]}
-            async with gateway.client.post("/jobs/batch", json=batch) as response:
-                assert response.status == 503
-                assert response.content_type == "application/problem+json"
-                assert int(response.headers["Retry-After"]) >= 1
-            async with gateway.client.get("/readyz") as response:
-                assert response.status == 503
-                assert (await response.json())["checks"]["job_store"] is False
-            await asyncio.sleep(0.3)
-            assert fault.hits["/json"] == 0  # nothing started
-    finally:
-        if server.returncode is None:
-            server.kill()
-            await server.wait()
+    port, server = own_redis
+    settings = {"JOB_STORE": f"redis://127.0.0.1:{port}/0"}
+    async with gateway_serving(_config(fault.url), tmp_path, settings) as gateway:
+        server.kill()
+        await server.wait()
+        batch = {"upstream": "fault", "path": "/json?i={item}", "items": [1]}
+        async with gateway.client.post("/jobs/batch", json=batch) as response:
+            assert response.status == 503
+            assert response.content_type == "application/problem+json"
+            assert int(response.headers["Retry-After"]) >= 1
+        async with gateway.client.get("/readyz") as response:
+            assert response.status == 503
+            assert (await response.json())["checks"]["job_store"] is False
+        await asyncio.sleep(0.3)
+        assert fault.hits["/json"] == 0  # nothing started

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import socket
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -76,14 +76,6 @@ async def listener() -> AsyncIterator[tuple[int, list[int]]]:
         for server in (first, second):
             server.close()
             await server.wait_closed()
-
-
-@pytest.fixture
-def refused_port() -> Iterator[int]:
-    """A port on 127.0.0.1 that refuses connections: bound, never listening."""
-    with socket.socket() as bound:
-        bound.bind(("127.0.0.1", 0))
-        yield bound.getsockname()[1]
 
 
 @pytest.fixture
