@@ -9,20 +9,20 @@ from typing import Any
 from flask import Flask
 from flask.json.provider import DefaultJSONProvider
 
-from auth import install_auth
-from bridge import ASGIBridge, BridgeFlask
-from bridge.gc_tuning import tuned_gc
-from bridge.h2c import refuse_h2c_upgrades
-from core.config import GatewayConfig, load_gateway_config
-from errors import install_error_handlers
+from fanout.bridge import ASGIBridge, BridgeFlask
+from fanout.bridge.gc_tuning import tuned_gc
+from fanout.bridge.h2c import refuse_h2c_upgrades
+from fanout.core.config import GatewayConfig, load_gateway_config
+from fanout.process.logs import set_level
+from fanout.process.metrics import install_metrics
+from fanout.process.settings import config_path, load_settings
 from handlers import demo, health, jobs, jobs_ui, openapi, ops, proxy
 from handlers.aggregate import register_endpoints
-from job_kinds import shipped_kinds
-from logs import set_level
-from metrics import install_metrics
-from request_ids import install_request_ids
-from resources import install_resources, register_job_kind
-from settings import config_path, load_settings
+from handlers.auth import install_auth
+from handlers.batch import shipped_kinds
+from handlers.errors import install_error_handlers
+from handlers.request_ids import install_request_ids
+from handlers.resources import install_resources, register_job_kind
 
 
 def _server_settings(gateway: GatewayConfig) -> dict[str, Any]:

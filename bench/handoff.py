@@ -25,8 +25,8 @@ from asgiref.wsgi import WsgiToAsgi
 from flask import Flask, jsonify
 from flask.typing import ResponseReturnValue
 
-from bridge import ASGIBridge, BridgeFlask, await_only
-from bridge.greenlets import run_in_greenlet
+from fanout.bridge import ASGIBridge, BridgeFlask, await_only
+from fanout.bridge.greenlets import run_in_greenlet
 
 Message = dict[str, Any]
 

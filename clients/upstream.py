@@ -20,7 +20,7 @@ from clients.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from core.circuit import FailureKind
+from fanout.core.circuit import FailureKind
 
 T = TypeVar("T")
 logger = logging.getLogger(__name__)

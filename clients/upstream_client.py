@@ -25,7 +25,7 @@ from clients.errors import (
 )
 from clients.safety import BlockedAddressError, blocked_cause, check_literal_host
 from clients.upstream import UpstreamReply, classify_failure, read_capped
-from core.circuit import (
+from fanout.core.circuit import (
     CLIENT_BODY,
     CLIENT_PATH,
     GATEWAY_CALL,
@@ -34,8 +34,8 @@ from core.circuit import (
     CircuitState,
     FailureKind,
 )
-from core.config import UpstreamConfig
-from core.retry import RETRYABLE_METHODS, RetryBudget, backoff_delay, is_retryable_status
+from fanout.core.config import UpstreamConfig
+from fanout.core.retry import RETRYABLE_METHODS, RetryBudget, backoff_delay, is_retryable_status
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from clients.cache import ResponseCache
 from clients.coalesce import Coalescer
 from clients.upstream import UpstreamReply
 from clients.upstream_client import UpstreamClient, UpstreamObserver
-from core.config import UpstreamConfig
+from fanout.core.config import UpstreamConfig
 
 
 class Upstreams:

@@ -12,16 +12,16 @@ from flask import Flask, Response, abort, current_app, request
 from clients.errors import UpstreamError, UpstreamStatusError, UpstreamTimeout
 from clients.upstream import UpstreamReply
 from clients.upstreams import Upstreams
-from core.aggregate import BackendFailure, decide
-from core.cache_control import response_ttl
-from core.config import BackendConfig, EndpointConfig
-from core.merge import Part, filter_fields
-from core.paths import PathTemplate, append_query
-from errors import PROBLEM_JSON, upstream_status
+from fanout.core.aggregate import BackendFailure, decide
+from fanout.core.cache_control import response_ttl
+from fanout.core.config import BackendConfig, EndpointConfig
+from fanout.core.merge import Part, filter_fields
+from fanout.core.paths import PathTemplate, append_query
+from fanout.jobs.model import StoredResponse
+from handlers.errors import PROBLEM_JSON, upstream_status
 from handlers.jobs import prefers_async, request_params, start_job
-from jobs.model import StoredResponse
-from request_ids import HEADER, current_request_id
-from resources import upstreams
+from handlers.request_ids import HEADER, current_request_id
+from handlers.resources import upstreams
 
 COMPLETED_HEADER = "X-Fanout-Completed"
 BODYLESS_METHODS = frozenset({"GET", "HEAD", "DELETE"})

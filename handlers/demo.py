@@ -8,8 +8,8 @@ from typing import Any
 from flask import Blueprint, Response, abort, current_app, jsonify
 
 from clients.upstream import UpstreamReply, call_all, call_upstream
-from request_ids import HEADER, current_request_id
-from resources import http_session
+from handlers.request_ids import HEADER, current_request_id
+from handlers.resources import http_session
 
 blueprint = Blueprint("demo", __name__, url_prefix="/demo")
 

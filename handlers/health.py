@@ -6,10 +6,10 @@ import asyncio
 
 from flask import Blueprint, Response, current_app, jsonify
 
-from bridge import is_ready
-from errors import problem_response
-from jobs.store import StoreUnavailable
-from resources import JOB_REGISTRY_KEY, SESSION_KEY
+from fanout.bridge import is_ready
+from fanout.jobs.store import StoreUnavailable
+from handlers.errors import problem_response
+from handlers.resources import JOB_REGISTRY_KEY, SESSION_KEY
 
 blueprint = Blueprint("health", __name__)
 

@@ -15,14 +15,14 @@ from flask import Blueprint, Response, abort, current_app, g, request
 from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import HTTPException
 
-from bridge import iterate_async
-from core.client_json import InvalidJSON, parse_client_json
-from errors import problem_response
-from jobs.kinds import InvalidParams
-from jobs.model import JobRecord, JobStatus, StoredResponse, is_job_id
-from jobs.registry import IdempotencyConflict, JobBody, JobContext, QueueFull, RegistryClosed
-from jobs.store import InvalidCursor, StoreUnavailable
-from resources import job_kinds, job_registry
+from fanout.bridge import iterate_async
+from fanout.core.client_json import InvalidJSON, parse_client_json
+from fanout.jobs.kinds import InvalidParams
+from fanout.jobs.model import JobRecord, JobStatus, StoredResponse, is_job_id
+from fanout.jobs.registry import IdempotencyConflict, JobBody, JobContext, QueueFull, RegistryClosed
+from fanout.jobs.store import InvalidCursor, StoreUnavailable
+from handlers.errors import problem_response
+from handlers.resources import job_kinds, job_registry
 
 logger = logging.getLogger(__name__)
 

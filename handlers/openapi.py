@@ -47,14 +47,14 @@ from werkzeug.routing.converters import (
     UUIDConverter,
 )
 
-from auth import OPEN_PATHS
-from core.config import EndpointConfig, GatewayConfig
-from errors import PROBLEM_JSON
+from fanout.core.config import EndpointConfig, GatewayConfig
+from fanout.jobs.model import JobStatus
 from handlers.aggregate import BODYLESS_METHODS, COMPLETED_HEADER
+from handlers.auth import OPEN_PATHS
+from handlers.errors import PROBLEM_JSON
 from handlers.jobs import MAX_PAGE, MAX_WAIT_SECONDS
-from jobs.model import JobStatus
-from request_ids import HEADER as REQUEST_ID_HEADER
-from resources import gateway_config, job_kinds
+from handlers.request_ids import HEADER as REQUEST_ID_HEADER
+from handlers.resources import gateway_config, job_kinds
 
 blueprint = Blueprint("openapi", __name__)
 

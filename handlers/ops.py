@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, current_app
 
-from metrics import exposition
-from resources import JOB_REGISTRY_KEY, job_kinds
+from fanout.process.metrics import exposition
+from handlers.resources import JOB_REGISTRY_KEY, job_kinds
 
 blueprint = Blueprint("ops", __name__)
 

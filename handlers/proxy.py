@@ -9,17 +9,17 @@ from urllib.parse import quote, unquote
 from flask import Blueprint, Response, abort, current_app, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from bridge import (
+from clients.errors import UpstreamError
+from fanout.bridge import (
     call_when_exchange_ends,
     iterate_async,
     limit_send_idle,
     request_body_chunks,
     request_body_over_limit,
 )
-from clients.errors import UpstreamError
-from core.proxy_headers import ClientSide, client_response_headers, upstream_request_headers
-from request_ids import current_request_id
-from resources import gateway_config, upstreams
+from fanout.core.proxy_headers import ClientSide, client_response_headers, upstream_request_headers
+from handlers.request_ids import current_request_id
+from handlers.resources import gateway_config, upstreams
 
 blueprint = Blueprint("proxy", __name__)
 

@@ -10,7 +10,7 @@ import aiohttp
 import pytest
 
 from app import create_app
-from bridge import ASGIBridge, BridgeFlask
+from fanout.bridge import ASGIBridge, BridgeFlask
 from tests.fault_upstream import FaultUpstream, fault_upstream, make_bomb
 from tests.probe_views import ProbeState, mount_probes
 from tests.redis_server import own_redis, prefix, redis_url, store_url  # noqa: F401 - shared fixtures

@@ -11,7 +11,7 @@ from typing import Any
 import aiohttp
 
 from app import create_app
-from bridge import ASGIBridge, BridgeFlask
+from fanout.bridge import ASGIBridge, BridgeFlask
 from tests.serving import hypercorn_serving
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from flask import Blueprint, Response, jsonify, request
 
 from app import create_served_app
-from bridge import ASGIBridge, BridgeFlask
+from fanout.bridge import ASGIBridge, BridgeFlask
 
 RELEASE_ENV = "HELD_RELEASE_FILE"
 #: A held view gives up after this long, so that a failed test leaves no thread behind.

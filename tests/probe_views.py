@@ -21,10 +21,10 @@ from flask import (
 )
 from flask.views import MethodView
 
-from bridge import BridgeFlask
 from clients.upstream import call_upstream
+from fanout.bridge import BridgeFlask
 from handlers.jobs import background_view, job_progress
-from resources import http_session
+from handlers.resources import http_session
 
 STATE_KEY = "tests.probe_state"
 

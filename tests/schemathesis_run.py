@@ -23,8 +23,8 @@ from typing import Any
 from aiohttp import web
 
 from app import create_app
-from bridge import ASGIBridge, BridgeFlask
-from demo.upstream import build_demo_app
+from fanout.bridge import ASGIBridge, BridgeFlask
+from fanout.demo.upstream import build_demo_app
 from tests.fault_upstream import fault_upstream
 from tests.serving import hypercorn_serving
 

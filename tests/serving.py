@@ -12,7 +12,7 @@ from hypercorn.asyncio import serve
 from hypercorn.config import Config
 
 from app import create_app
-from bridge import ASGIBridge, BridgeFlask
+from fanout.bridge import ASGIBridge, BridgeFlask
 from tests.probe_views import mount_probes
 
 BACKLOG = 4096

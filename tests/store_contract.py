@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from jobs.model import (
+from fanout.jobs.model import (
     JobRecord,
     JobStatus,
     Progress,
@@ -25,7 +25,7 @@ from jobs.model import (
     start,
     succeed,
 )
-from jobs.store import InvalidCursor, JobStore, StaleRecord
+from fanout.jobs.store import InvalidCursor, JobStore, StaleRecord
 
 HOUR = 3600.0
 

@@ -9,8 +9,8 @@ import pytest
 from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 from werkzeug.wsgi import LimitedStream
 
-from bridge.body import RequestBody
-from bridge.greenlets import run_in_greenlet
+from fanout.bridge.body import RequestBody
+from fanout.bridge.greenlets import run_in_greenlet
 
 
 def _receiver(chunks: list[bytes], then_disconnect: bool = False) -> Any:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from clients.cache import ResponseCache
-from core.cache_control import response_ttl
+from fanout.core.cache_control import response_ttl
 
 
 @pytest.mark.parametrize(

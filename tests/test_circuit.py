@@ -13,7 +13,7 @@ from clients.errors import BlockedDestination, CircuitOpen, UpstreamTimeout
 from clients.safety import session_guard
 from clients.session import SessionLimits, open_session
 from clients.upstream_client import UpstreamClient
-from core.circuit import (
+from fanout.core.circuit import (
     CLIENT_BODY,
     CLIENT_PATH,
     GATEWAY_CALL,
@@ -22,7 +22,7 @@ from core.circuit import (
     CircuitState,
     FailureKind,
 )
-from core.config import CircuitBreakerConfig, UpstreamConfig
+from fanout.core.config import CircuitBreakerConfig, UpstreamConfig
 from tests.fault_upstream import FaultUpstream
 
 

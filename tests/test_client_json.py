@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from core.client_json import MAX_DEPTH, InvalidJSON, parse_client_json
+from fanout.core.client_json import MAX_DEPTH, InvalidJSON, parse_client_json
 
 
 def _nested(depth: int) -> list[Any]:

@@ -8,7 +8,7 @@ from types import MappingProxyType
 
 import pytest
 
-from core.config import (
+from fanout.core.config import (
     AuthConfig,
     BackendConfig,
     CircuitBreakerConfig,

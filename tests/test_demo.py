@@ -11,8 +11,8 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from app import create_app
-from bridge import ASGIBridge
-from demo.upstream import build_demo_app
+from fanout.bridge import ASGIBridge
+from fanout.demo.upstream import build_demo_app
 from tests.gateway_serving import gateway_serving
 from tests.serving import hypercorn_serving
 

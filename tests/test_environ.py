@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from bridge.environ import build_environ
+from fanout.bridge.environ import build_environ
 
 
 def _scope(**overrides: object) -> dict[str, object]:

@@ -7,8 +7,8 @@ import gc
 import pytest
 
 from app import create_served_app
-from bridge import ASGIBridge
-from bridge.gc_tuning import tuned_gc
+from fanout.bridge import ASGIBridge
+from fanout.bridge.gc_tuning import tuned_gc
 from tests.asgi_driver import lifespan
 
 

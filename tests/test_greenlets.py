@@ -8,7 +8,7 @@ import inspect
 
 import pytest
 
-from bridge.greenlets import (
+from fanout.bridge.greenlets import (
     MissingBridgeError,
     await_only,
     in_bridge_greenlet,

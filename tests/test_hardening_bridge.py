@@ -19,9 +19,9 @@ import pytest
 from werkzeug.routing import RequestRedirect
 
 from app import create_app
-from bridge import ASGIBridge
-from bridge.flask_app import relative_redirect
-from bridge.h2c import ALLOW_H2C_UPGRADE
+from fanout.bridge import ASGIBridge
+from fanout.bridge.flask_app import relative_redirect
+from fanout.bridge.h2c import ALLOW_H2C_UPGRADE
 from tests.fault_upstream import FaultUpstream
 from tests.gateway_serving import Gateway, gateway_serving
 from tests.processes import ROOT, free_port, hypercorn_command, until_ready

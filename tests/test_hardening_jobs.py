@@ -20,13 +20,13 @@ from aiohttp import web
 from flask import Blueprint, Response, jsonify, request
 
 from app import create_app
-from bridge import ASGIBridge
-from core.config import ConfigError, GatewayConfig, parse_gateway_config
+from fanout.bridge import ASGIBridge
+from fanout.core.config import ConfigError, GatewayConfig, parse_gateway_config
+from fanout.jobs.kinds import JobKind
+from fanout.jobs.model import StoredResponse
+from fanout.jobs.registry import JobContext
 from handlers.jobs import background_view
-from jobs.kinds import JobKind
-from jobs.model import StoredResponse
-from jobs.registry import JobContext
-from resources import register_job_kind
+from handlers.resources import register_job_kind
 from tests.gateway_serving import Gateway, gateway_serving
 from tests.serving import hypercorn_serving
 

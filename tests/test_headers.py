@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from core.headers import HOP_BY_HOP, client_address, forwarded_for, strip_hop_by_hop
+from fanout.core.headers import HOP_BY_HOP, client_address, forwarded_for, strip_hop_by_hop
 
 
 def test_hop_by_hop_set() -> None:

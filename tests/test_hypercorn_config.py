@@ -7,7 +7,7 @@ from pathlib import Path
 
 from hypercorn.config import Config
 
-from bridge.h2c import ALLOW_H2C_UPGRADE
+from fanout.bridge.h2c import ALLOW_H2C_UPGRADE
 
 CONFIG_FILE = Path(__file__).resolve().parent.parent / "hypercorn.toml"
 #: Keys of Fanout's own in hypercorn.toml, read from Hypercorn's config object.

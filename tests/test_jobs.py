@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from jobs import model
-from jobs.model import JobRecord, JobStatus, new_job_id
-from resources import job_registry
+from fanout.jobs import model
+from fanout.jobs.model import JobRecord, JobStatus, new_job_id
+from handlers.resources import job_registry
 from tests.fault_upstream import FaultUpstream
 from tests.gateway_serving import Gateway, gateway_serving
 
@@ -394,7 +394,7 @@ async def test_a_batch_never_runs_more_calls_than_its_concurrency(
 async def test_a_batch_whose_record_moved_on_stops_without_a_failure(
     fault: FaultUpstream, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="jobs.registry")
+    caplog.set_level(logging.INFO, logger="fanout.jobs.registry")
     # A slow maintenance loop: the job learns of the change from its own
     # progress write (a StaleRecord inside the batch's TaskGroup), not from a poll.
     async with gateway_serving(_config(fault.url), tmp_path, {"JOB_POLL_SECONDS": 30.0}) as gw:

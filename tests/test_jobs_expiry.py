@@ -22,12 +22,12 @@ from pathlib import Path
 
 import pytest
 
-from jobs.memory_store import MemoryStore
-from jobs.model import StoredResponse
-from jobs.registry import JobContext, JobRegistry
-from jobs.sqlite_store import WAL_SIZE_LIMIT
-from jobs.store import JobStore
-from resources import job_registry
+from fanout.jobs.memory_store import MemoryStore
+from fanout.jobs.model import StoredResponse
+from fanout.jobs.registry import JobContext, JobRegistry
+from fanout.jobs.sqlite_store import WAL_SIZE_LIMIT
+from fanout.jobs.store import JobStore
+from handlers.resources import job_registry
 from tests.gateway_serving import gateway_serving
 from tests.redis_server import _keys, delete_prefix, new_prefix
 

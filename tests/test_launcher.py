@@ -89,7 +89,9 @@ async def test_fanout_serves_the_demo_profile_then_stops_its_children_and_metric
                 profile = await response.json()
             async with client.get("/metrics") as response:
                 found = samples(await response.text())
-        demos = [pid for pid, command in _children(process.pid).items() if "-m demo" in command]
+        demos = [
+            pid for pid, command in _children(process.pid).items() if "-m fanout.demo" in command
+        ]
         (made,) = list(temp.glob("fanout-metrics-*"))
         assert list(made.glob("counter_*.db"))  # the workers write their samples there
         stderr = await _stop(process, signal.SIGTERM)

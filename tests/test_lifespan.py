@@ -14,8 +14,8 @@ import pytest
 from flask import Flask
 
 from app import create_app
-from bridge import ASGIBridge, serving_state
-from resources import SESSION_KEY, http_session
+from fanout.bridge import ASGIBridge, serving_state
+from handlers.resources import SESSION_KEY, http_session
 from tests.asgi_driver import LifespanDriver, lifespan
 from tests.processes import run_failing_gateway
 from tests.serving import hypercorn_serving

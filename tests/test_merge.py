@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from core.merge import Part, filter_fields, merge_parts
+from fanout.core.merge import Part, filter_fields, merge_parts
 
 USER: dict[str, Any] = {
     "id": 7,

@@ -180,8 +180,8 @@ def _names(directory: Path) -> set[str]:
 #: A process that writes metrics into the directory, as a worker would, then exits.
 DEAD_WORKER = """
 from app import create_app
-from core.circuit import CircuitState
-from metrics import metrics
+from fanout.core.circuit import CircuitState
+from fanout.process.metrics import metrics
 
 found = metrics(create_app())
 found.observe_circuit("fault", CircuitState.OPEN)

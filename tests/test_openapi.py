@@ -16,9 +16,9 @@ import pytest
 from openapi_schema_validator import OAS31Validator
 from openapi_spec_validator import OpenAPIV31SpecValidator
 
-from auth import OPEN_PATHS
-from bridge import ASGIBridge, BridgeFlask
+from fanout.bridge import ASGIBridge, BridgeFlask
 from handlers import openapi
+from handlers.auth import OPEN_PATHS
 from handlers.proxy import METHODS as PROXY_METHODS
 from tests.fault_upstream import FaultUpstream
 from tests.schemathesis_run import (

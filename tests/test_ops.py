@@ -12,7 +12,7 @@ from pathlib import Path
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from logs import APP_LOGGERS
+from fanout.process.logs import APP_LOGGERS
 from tests.fault_upstream import FaultUpstream
 from tests.gateway_serving import Gateway, gateway_serving
 from tests.processes import start_gateway

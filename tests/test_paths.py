@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from core.paths import PathTemplate, append_query, expand_path
+from fanout.core.paths import PathTemplate, append_query, expand_path
 
 
 @pytest.mark.parametrize(

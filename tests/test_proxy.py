@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 from yarl import URL
 
-from core.config import ConfigError
+from fanout.core.config import ConfigError
 from tests.fault_upstream import FaultUpstream
 from tests.gateway_serving import Gateway, gateway_serving
 from tests.test_safety import SSRF_FORMS, Listener, form_url, listening

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from core.proxy_headers import ClientSide, client_response_headers, upstream_request_headers
+from fanout.core.proxy_headers import ClientSide, client_response_headers, upstream_request_headers
 
 CLIENT = ClientSide(address="203.0.113.9", scheme="https", host="gw.example", request_id="r1")
 

@@ -16,11 +16,11 @@ from typing import Any
 
 import pytest
 
-from jobs import model
-from jobs.memory_store import MemoryStore
-from jobs.model import JobRecord, JobStatus, Progress, StoredResponse
-from jobs.redis_store import RedisStore
-from jobs.registry import (
+from fanout.jobs import model
+from fanout.jobs.memory_store import MemoryStore
+from fanout.jobs.model import JobRecord, JobStatus, Progress, StoredResponse
+from fanout.jobs.redis_store import RedisStore
+from fanout.jobs.registry import (
     IdempotencyConflict,
     JobContext,
     JobFailure,
@@ -29,8 +29,8 @@ from jobs.registry import (
     QueueFull,
     RegistryClosed,
 )
-from jobs.sqlite_store import SqliteStore
-from jobs.store import JobStore, StoreUnavailable
+from fanout.jobs.sqlite_store import SqliteStore
+from fanout.jobs.store import JobStore, StoreUnavailable
 from tests.redis_server import delete_prefix, new_prefix
 
 logger = logging.getLogger(__name__)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from core.request_target import MAX_TARGET_LENGTH, check_origin_form
+from fanout.core.request_target import MAX_TARGET_LENGTH, check_origin_form
 
 
 @pytest.mark.parametrize(

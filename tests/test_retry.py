@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from core.retry import RETRYABLE_METHODS, RetryBudget, backoff_delay, is_retryable_status
+from fanout.core.retry import RETRYABLE_METHODS, RetryBudget, backoff_delay, is_retryable_status
 
 
 class FakeClock:

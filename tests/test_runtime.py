@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 
 from app import create_app
-from bridge import ASGIBridge, serving_state
+from fanout.bridge import ASGIBridge, serving_state
 from tests.conftest import Served
 from tests.probe_views import mount_probes
 from tests.serving import hypercorn_serving, serve_probes
@@ -475,7 +475,7 @@ async def test_a_requests_own_max_content_length_bounds_its_body(served: Served)
 async def test_a_cancelled_def_view_counts_as_running_until_its_thread_is_done(
     served: Served, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="bridge.http")
+    caplog.set_level(logging.INFO, logger="fanout.bridge.http")
     state = serving_state(served.app)
     assert state is not None
     host, port = served.url.removeprefix("http://").split(":")

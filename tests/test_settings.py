@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from app import create_app
-from settings import DEFAULTS, SettingsError
+from fanout.process.settings import DEFAULTS, SettingsError
 
 
 def test_defaults_apply(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -6,9 +6,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from jobs.memory_store import MemoryStore, decode_cursor, encode_cursor
-from jobs.store import InvalidCursor, JobStore
-from jobs.store_factory import open_store_from_url
+from fanout.jobs.memory_store import MemoryStore, decode_cursor, encode_cursor
+from fanout.jobs.store import InvalidCursor, JobStore
+from fanout.jobs.store_factory import open_store_from_url
 from tests.store_contract import StoreContract, finished, job
 
 

@@ -20,7 +20,7 @@ import pytest
 from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
 
-from jobs.model import (
+from fanout.jobs.model import (
     JobRecord,
     JobStatus,
     Progress,
@@ -30,8 +30,8 @@ from jobs.model import (
     start,
     succeed,
 )
-from jobs.redis_store import RedisStore
-from jobs.store import InvalidCursor, StaleRecord, StoreUnavailable
+from fanout.jobs.redis_store import RedisStore
+from fanout.jobs.store import InvalidCursor, StaleRecord, StoreUnavailable
 from tests.redis_server import (
     REDIS_HOST,
     REDIS_PORT,

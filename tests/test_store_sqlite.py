@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from jobs.memory_store import MemoryStore
-from jobs.model import JobRecord, JobStatus, StoredResponse, new_job_id, start
-from jobs.sqlite_store import SqliteStore
-from jobs.store import JobStore, StaleRecord, StoreUnavailable
-from jobs.store_factory import open_store_from_url, sqlite_path
+from fanout.jobs.memory_store import MemoryStore
+from fanout.jobs.model import JobRecord, JobStatus, StoredResponse, new_job_id, start
+from fanout.jobs.sqlite_store import SqliteStore
+from fanout.jobs.store import JobStore, StaleRecord, StoreUnavailable
+from fanout.jobs.store_factory import open_store_from_url, sqlite_path
 from tests.store_contract import HOUR, StoreContract, finished, job
 
 MB = 1024 * 1024
@@ -260,7 +260,7 @@ def test_sqlite_urls_without_a_usable_file_are_refused(url: str) -> None:
 
 def test_redis_urls_load_the_redis_store_lazily(monkeypatch: pytest.MonkeyPatch) -> None:
     # Stands in for jobs/redis_store.py, which may not be installed with its client.
-    module = types.ModuleType("jobs.redis_store")
+    module = types.ModuleType("fanout.jobs.redis_store")
 
     class RedisStore(MemoryStore):
         def __init__(self, url: str) -> None:
@@ -268,7 +268,7 @@ def test_redis_urls_load_the_redis_store_lazily(monkeypatch: pytest.MonkeyPatch)
             self.url = url
 
     module.RedisStore = RedisStore  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "jobs.redis_store", module)
+    monkeypatch.setitem(sys.modules, "fanout.jobs.redis_store", module)
     for url in ("redis://cache:6379/0", "rediss://user:pw@cache/1"):
         store = open_store_from_url(url)
         assert isinstance(store, RedisStore)

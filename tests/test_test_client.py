@@ -7,7 +7,7 @@ import asyncio
 from flask import g, request
 
 from app import create_app
-from bridge import BridgeFlask
+from fanout.bridge import BridgeFlask
 
 
 def _app_with_views() -> BridgeFlask:

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 from flask import Flask
 
-from bridge.greenlets import MissingBridgeError
+from fanout.bridge.greenlets import MissingBridgeError
 
 T = TypeVar("T")
 

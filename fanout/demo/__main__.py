@@ -1,4 +1,4 @@
-"""Run the demo upstream: python -m demo [--host H] [--port P] [--latency S]."""
+"""Run the demo upstream: python -m fanout.demo [--host H] [--port P] [--latency S]."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import logging
 
 from aiohttp import web
 
-from demo.upstream import build_demo_app
+from fanout.demo.upstream import build_demo_app
 
 
 def main() -> None:

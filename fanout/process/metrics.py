@@ -34,11 +34,11 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.registry import Collector
 
-from bridge import BridgeFlask, serving_state
-from bridge.serving import ServingState
-from core.circuit import CircuitState
-from jobs.model import JobStatus
-from jobs.store import JobStore, StoreUnavailable
+from fanout.bridge import BridgeFlask, serving_state
+from fanout.bridge.serving import ServingState
+from fanout.core.circuit import CircuitState
+from fanout.jobs.model import JobStatus
+from fanout.jobs.store import JobStore, StoreUnavailable
 
 logger = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from jobs.model import JobRecord, JobStatus
+from fanout.jobs.model import JobRecord, JobStatus
 
 
 class StoreUnavailable(RuntimeError):

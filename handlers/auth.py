@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 from flask import Flask, Response, g, request
 
-from errors import problem_response
+from handlers.errors import problem_response
 
 #: Routes open without a key: probes, metrics, and the API description
 #: (clients read it before they have a key; it holds no secrets).

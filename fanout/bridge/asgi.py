@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from flask import Flask
 
-from bridge.http import (
+from fanout.bridge.http import (
     HttpExchange,
     Message,
     Receive,
@@ -15,7 +15,7 @@ from bridge.http import (
     answer_ambiguous_framing,
     answer_unavailable,
 )
-from bridge.lifespan import attach_state, serve_lifespan
+from fanout.bridge.lifespan import attach_state, serve_lifespan
 
 
 class ASGIBridge:

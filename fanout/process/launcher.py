@@ -20,7 +20,7 @@ from types import FrameType
 from hypercorn.config import Config
 from hypercorn.run import run
 
-logger = logging.getLogger("fanout.launcher")
+logger = logging.getLogger(__name__)
 
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 #: The files prometheus_client writes in a multiprocess directory.
@@ -110,7 +110,9 @@ def main() -> int:
     signal.signal(signal.SIGTERM, _stop)
     try:
         if not args.no_demo:
-            demo = subprocess.Popen([sys.executable, "-m", "demo", "--port", str(args.demo_port)])
+            demo = subprocess.Popen(
+                [sys.executable, "-m", "fanout.demo", "--port", str(args.demo_port)]
+            )
             _wait_for_port("127.0.0.1", args.demo_port, seconds=10)
             logger.info("demo upstream (pid %d) on http://127.0.0.1:%d", demo.pid, args.demo_port)
         with metrics_directory(config.workers):

@@ -42,9 +42,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from jobs.memory_store import ACTIVE, check_limit, decode_cursor, page_of
-from jobs.model import JobRecord, JobStatus, Progress, StoredResponse
-from jobs.store import Page, StaleRecord, StoreUnavailable
+from fanout.jobs.memory_store import ACTIVE, check_limit, decode_cursor, page_of
+from fanout.jobs.model import JobRecord, JobStatus, Progress, StoredResponse
+from fanout.jobs.store import Page, StaleRecord, StoreUnavailable
 
 _ACTIVE_NAMES = frozenset(str(status) for status in ACTIVE)
 

@@ -12,10 +12,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from jobs import model
-from jobs.memory_trim import trim_free_memory
-from jobs.model import JobRecord, JobStatus, Progress, StoredResponse
-from jobs.store import JobStore, StaleRecord, StoreUnavailable
+from fanout.jobs import model
+from fanout.jobs.memory_trim import trim_free_memory
+from fanout.jobs.model import JobRecord, JobStatus, Progress, StoredResponse
+from fanout.jobs.store import JobStore, StaleRecord, StoreUnavailable
 
 logger = logging.getLogger(__name__)
 

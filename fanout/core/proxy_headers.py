@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
-from core.headers import client_address, forwarded_for, strip_hop_by_hop
+from fanout.core.headers import client_address, forwarded_for, strip_hop_by_hop
 
 #: Client headers never passed on as sent: the proxy sets its own values.
 _REPLACED = frozenset(

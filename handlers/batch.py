@@ -10,12 +10,12 @@ from flask import Flask
 
 from clients.errors import UpstreamError
 from clients.upstream_client import UpstreamClient
-from core.paths import expand_path
-from core.request_target import check_origin_form
-from jobs.kinds import InvalidParams, JobKind
-from jobs.model import StoredResponse
-from jobs.registry import JobBody, JobContext, ResultTooLarge
-from resources import upstreams
+from fanout.core.paths import expand_path
+from fanout.core.request_target import check_origin_form
+from fanout.jobs.kinds import InvalidParams, JobKind
+from fanout.jobs.model import StoredResponse
+from fanout.jobs.registry import JobBody, JobContext, ResultTooLarge
+from handlers.resources import upstreams
 
 MAX_ITEMS = 1000
 MAX_CONCURRENCY = 50

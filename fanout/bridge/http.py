@@ -11,9 +11,9 @@ from typing import Any
 
 from flask import Flask
 
-from bridge.body import RequestBody
-from bridge.environ import build_environ
-from bridge.greenlets import await_only, run_in_greenlet
+from fanout.bridge.body import RequestBody
+from fanout.bridge.environ import build_environ
+from fanout.bridge.greenlets import await_only, run_in_greenlet
 
 logger = logging.getLogger(__name__)
 

@@ -9,8 +9,8 @@ from typing import Any
 
 from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 
-from bridge.greenlets import await_only, in_bridge_greenlet
-from bridge.serving import run_from_worker
+from fanout.bridge.greenlets import await_only, in_bridge_greenlet
+from fanout.bridge.serving import run_from_worker
 
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 

@@ -27,11 +27,11 @@ from flask.views import MethodView
 from werkzeug.exceptions import BadRequest, HTTPException, RequestEntityTooLarge
 from werkzeug.routing import RequestRedirect
 
-from bridge.body import RequestBody
-from bridge.greenlets import MissingBridgeError, in_bridge_greenlet, run_coroutine
-from bridge.http import AT_EXCHANGE_END, SEND_IDLE
-from bridge.pool import PoolIterator, wait_in_pool
-from bridge.serving import SERVING_LOOP, run_from_worker, serving_state
+from fanout.bridge.body import RequestBody
+from fanout.bridge.greenlets import MissingBridgeError, in_bridge_greenlet, run_coroutine
+from fanout.bridge.http import AT_EXCHANGE_END, SEND_IDLE
+from fanout.bridge.pool import PoolIterator, wait_in_pool
+from fanout.bridge.serving import SERVING_LOOP, run_from_worker, serving_state
 
 T = TypeVar("T")
 LifespanHook = Callable[[Flask], AsyncIterator[None]]

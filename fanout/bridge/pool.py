@@ -10,8 +10,8 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
-from bridge.greenlets import await_only, in_bridge_greenlet
-from bridge.serving import ServingState
+from fanout.bridge.greenlets import await_only, in_bridge_greenlet
+from fanout.bridge.serving import ServingState
 
 T = TypeVar("T")
 

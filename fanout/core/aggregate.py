@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
 
-from core.merge import Part, merge_parts
+from fanout.core.merge import Part, merge_parts
 
 
 @dataclass(frozen=True)

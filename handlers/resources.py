@@ -7,15 +7,15 @@ from collections.abc import AsyncIterator
 import aiohttp
 from flask import Flask, current_app
 
-from bridge import BridgeFlask
 from clients.safety import session_guard
 from clients.session import SessionLimits, open_session
 from clients.upstreams import Upstreams
-from core.config import GatewayConfig
-from jobs.kinds import JobKind
-from jobs.registry import JobLimits, JobRegistry
-from jobs.store_factory import open_store_from_url
-from metrics import metrics
+from fanout.bridge import BridgeFlask
+from fanout.core.config import GatewayConfig
+from fanout.jobs.kinds import JobKind
+from fanout.jobs.registry import JobLimits, JobRegistry
+from fanout.jobs.store_factory import open_store_from_url
+from fanout.process.metrics import metrics
 
 SESSION_KEY = "fanout.http_session"
 UPSTREAMS_KEY = "fanout.upstreams"

@@ -7,7 +7,7 @@ import re
 
 from flask import Flask, Response, g, request
 
-from logs import REQUEST_ID
+from fanout.process.logs import REQUEST_ID
 
 HEADER = "X-Request-ID"
 _SANE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")

@@ -26,9 +26,9 @@ from contextlib import contextmanager
 from dataclasses import replace as evolve
 from typing import Any, TypeVar
 
-from jobs.memory_store import check_limit, decode_cursor, page_of
-from jobs.model import JobRecord, JobStatus, Progress, StoredResponse
-from jobs.store import Page, StaleRecord, StoreUnavailable
+from fanout.jobs.memory_store import check_limit, decode_cursor, page_of
+from fanout.jobs.model import JobRecord, JobStatus, Progress, StoredResponse
+from fanout.jobs.store import Page, StaleRecord, StoreUnavailable
 
 T = TypeVar("T")
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from jobs.memory_store import MemoryStore
-from jobs.sqlite_store import SqliteStore
-from jobs.store import JobStore
+from fanout.jobs.memory_store import MemoryStore
+from fanout.jobs.sqlite_store import SqliteStore
+from fanout.jobs.store import JobStore
 
 _SQLITE_PREFIX = "sqlite:///"
 
@@ -48,7 +48,7 @@ def open_store_from_url(url: str) -> JobStore:
         return SqliteStore(sqlite_path(url))
     if scheme in ("redis", "rediss"):
         # Imported only when asked for: the redis client is an optional extra.
-        from jobs.redis_store import RedisStore  # type: ignore[import-not-found, unused-ignore]
+        from fanout.jobs.redis_store import RedisStore  # type: ignore[import-not-found, unused-ignore]
 
         # ?prefix=<text> namespaces the keys (several gateways, or tests, on one server).
         parts = urlsplit(url)

@@ -4,8 +4,8 @@ Knows nothing of the gateway: it would serve any Flask app. See
 ``bridge.flask_app.BridgeFlask`` and ``bridge.asgi.ASGIBridge``.
 """
 
-from bridge.asgi import ASGIBridge
-from bridge.flask_app import (
+from fanout.bridge.asgi import ASGIBridge
+from fanout.bridge.flask_app import (
     BridgeFlask,
     call_when_exchange_ends,
     iterate_async,
@@ -13,8 +13,8 @@ from bridge.flask_app import (
     request_body_chunks,
     request_body_over_limit,
 )
-from bridge.greenlets import MissingBridgeError, await_only, in_bridge_greenlet
-from bridge.serving import is_ready, serving_state
+from fanout.bridge.greenlets import MissingBridgeError, await_only, in_bridge_greenlet
+from fanout.bridge.serving import is_ready, serving_state
 
 __all__ = [
     "ASGIBridge",

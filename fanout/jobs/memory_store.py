@@ -15,9 +15,9 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import replace as evolve
 
-from core.client_json import InvalidJSON, parse_client_json
-from jobs.model import JobRecord, JobStatus
-from jobs.store import InvalidCursor, Page, StaleRecord
+from fanout.core.client_json import InvalidJSON, parse_client_json
+from fanout.jobs.model import JobRecord, JobStatus
+from fanout.jobs.store import InvalidCursor, Page, StaleRecord
 
 #: Statuses whose jobs may still change: the only ones leases and cancels apply to.
 ACTIVE = (JobStatus.PENDING, JobStatus.RUNNING)

@@ -68,24 +68,7 @@ def _status(atom: Any) -> int | None:
 
 
 #: The top-level packages and modules whose loggers LOG_LEVEL sets.
-APP_LOGGERS = (
-    "app",
-    "auth",
-    "bridge",
-    "clients",
-    "core",
-    "demo",
-    "errors",
-    "handlers",
-    "job_kinds",
-    "jobs",
-    "launcher",
-    "logs",
-    "metrics",
-    "request_ids",
-    "resources",
-    "settings",
-)
+APP_LOGGERS = ("app", "clients", "fanout", "handlers")
 
 
 def set_level(level: str) -> None:

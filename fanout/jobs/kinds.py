@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from jobs.registry import JobBody
+from fanout.jobs.registry import JobBody
 
 
 class InvalidParams(ValueError):

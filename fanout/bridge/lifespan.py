@@ -9,9 +9,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 from flask import Flask
 
-from bridge.flask_app import BridgeFlask
-from bridge.http import Receive, Send
-from bridge.serving import SERVING_KEY, ServingState, serving_state
+from fanout.bridge.flask_app import BridgeFlask
+from fanout.bridge.http import Receive, Send
+from fanout.bridge.serving import SERVING_KEY, ServingState, serving_state
 
 logger = logging.getLogger(__name__)
 

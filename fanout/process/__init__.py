@@ -1,0 +1,1 @@
+"""The process level: the ``fanout`` launcher, settings, structured logs, metrics."""
