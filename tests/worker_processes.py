@@ -58,8 +58,16 @@ class Pinned:
     """A client holding one keep-alive connection, so to one worker process."""
 
     def __init__(self, url: str) -> None:
-        self.session = aiohttp.ClientSession(url, connector=aiohttp.TCPConnector(limit=1))
+        self._url = url
+        self.session = self._new_session()
         self.pid = 0
+
+    def _new_session(self) -> aiohttp.ClientSession:
+        return aiohttp.ClientSession(self._url, connector=aiohttp.TCPConnector(limit=1))
+
+    async def close(self) -> None:
+        """Close the session (whichever is current)."""
+        await self.session.close()
 
     async def connect(self) -> int:
         """Open the connection; the pid of the worker that accepted it."""
@@ -74,12 +82,31 @@ class Pinned:
             return found
 
     async def scrape(self) -> Samples:
-        """GET /metrics on this connection (checking the worker did not change)."""
-        async with self.session.get("/metrics") as response:
-            assert response.status == 200
-            text = await response.text()
-        assert await self.worker() == self.pid
-        return samples(text)
+        """GET /metrics from this worker (its pid checked after, on the same connection).
+
+        A keep-alive connection is now and then closed under a test (about one
+        run in five, also before the bridge changed; not yet explained): the
+        session then reconnects, and the kernel may hand the new connection to
+        another worker. So the scrape is retried on a connection to this
+        worker, rather than read from whichever worker answered.
+        """
+        for _ in range(50):
+            async with self.session.get("/metrics") as response:
+                assert response.status == 200
+                text = await response.text()
+            if await self.worker() == self.pid:
+                return samples(text)
+            await self._reconnect()
+        raise AssertionError(f"no connection reached worker {self.pid} again")
+
+    async def _reconnect(self) -> None:
+        # A fresh connection until one lands on this worker (one session, limit 1).
+        for _ in range(50):
+            await self.session.close()
+            self.session = self._new_session()
+            if await self.worker() == self.pid:
+                return
+        raise AssertionError(f"no connection reached worker {self.pid} again")
 
 
 @asynccontextmanager
@@ -94,7 +121,7 @@ async def pinned_by_worker(
         for _ in range(100):
             batch = [Pinned(url) for _ in range(8)]
             for pinned in batch:
-                await stack.enter_async_context(pinned.session)
+                stack.push_async_callback(pinned.close)
             pids = await asyncio.gather(*(pinned.connect() for pinned in batch))
             for pinned, pid in zip(batch, pids, strict=True):
                 found.setdefault(pid, []).append(pinned)
