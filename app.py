@@ -13,6 +13,7 @@ from fanout.bridge import ASGIBridge, BridgeFlask
 from fanout.bridge.gc_tuning import tuned_gc
 from fanout.bridge.h2c import refuse_h2c_upgrades
 from fanout.core.config import GatewayConfig, load_gateway_config
+from fanout.process.app_code import import_app_code
 from fanout.process.logs import set_level
 from fanout.process.metrics import install_metrics
 from fanout.process.settings import config_path, load_settings
@@ -21,7 +22,7 @@ from handlers.aggregate import register_endpoints
 from handlers.auth import install_auth
 from handlers.batch import shipped_kinds
 from handlers.errors import install_error_handlers
-from handlers.registration import check_route_clashes, import_app_code, register_app_code
+from handlers.registration import check_route_clashes, register_app_code
 from handlers.request_ids import install_request_ids
 from handlers.resources import install_resources, register_job_kind
 

@@ -7,8 +7,10 @@ own: imported modules stay in ``sys.modules``.
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import json
+import os
 import secrets
 import sys
 import textwrap
@@ -29,11 +31,14 @@ from fanout.jobs.model import StoredResponse as ModelStoredResponse
 from fanout.jobs.registry import JobContext as RegistryJobContext
 from handlers.resources import register_job_kind
 from tests.gateway_serving import gateway_serving
+from tests.processes import ROOT, run_failing_gateway
 from tests.serving import hypercorn_serving
 from tests.upstream import FakeUpstream
 
 API_KEY = "0123456789abcdef-app-table"
 SHIPPED = Path(__file__).resolve().parent.parent / "gateway.toml"
+#: The README's command, as installed in the virtualenv.
+FANOUT = Path(sys.executable).with_name("fanout")
 
 #: A blueprint as a user writes one: an async view calling a configured
 #: upstream, a view that refuses, one that fails.
@@ -459,3 +464,43 @@ async def test_editing_app_py_still_registers_views_and_kinds_in_code(tmp_path: 
             assert (await response.json())["status"] == "succeeded"
         async with client.get("/openapi.json") as response:
             assert "/shop/items/{item}" in (await response.json())["paths"]
+
+
+# -- a bad entry stops the real processes --------------------------------------------------
+
+
+@pytest.mark.parametrize("key", ["blueprints", "job_kinds"])
+async def test_hypercorn_exits_non_zero_naming_a_bad_entry(tmp_path: Path, key: str) -> None:
+    path = tmp_path / "gateway.toml"
+    path.write_text(f'[app]\n{key} = ["nowhere_{key}.views:thing"]\n')
+    returncode, stderr = await run_failing_gateway({**os.environ, "FANOUT_CONFIG": str(path)})
+    assert returncode != 0
+    line = (
+        f"{path}: app.{key}[0]: cannot import 'nowhere_{key}.views:thing' "
+        f"(No module named 'nowhere_{key}')"
+    )
+    assert line in stderr, stderr
+
+
+@pytest.mark.timeout(120)
+async def test_the_launcher_exits_non_zero_naming_a_bad_entry(tmp_path: Path) -> None:
+    views = write_module(tmp_path, VIEWS)
+    path = tmp_path / "gateway.toml"
+    path.write_text(app_table(blueprints=(f"{views}:nothing",)))
+    process = await asyncio.create_subprocess_exec(
+        str(FANOUT),
+        "--no-demo",
+        "--bind",
+        "127.0.0.1:0",
+        cwd=ROOT,
+        env={**os.environ, "FANOUT_CONFIG": str(path)},
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, raw_stderr = await asyncio.wait_for(process.communicate(), timeout=60)
+    assert process.returncode != 0
+    line = (
+        f"{path}: app.blueprints[0]: cannot import '{views}:nothing' "
+        f"(module '{views}' has no attribute 'nothing')"
+    )
+    assert line in raw_stderr.decode(), raw_stderr.decode()
