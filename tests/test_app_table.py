@@ -357,7 +357,7 @@ def test_an_object_of_the_wrong_type_is_a_config_error(tmp_path: Path) -> None:
 
 
 def test_a_module_that_raises_is_a_config_error_saying_where(tmp_path: Path) -> None:
-    raising = write_module(tmp_path, "import json\nraise RuntimeError('no database')\n")
+    raising = write_module(tmp_path, "import json\nraise RuntimeError('no\\n  database')\n")
     error = refused(tmp_path, app_table(job_kinds=(f"{raising}:kind",)))
     assert error.key_path == "app.job_kinds[0]"
     assert error.problem == (

@@ -93,14 +93,16 @@ def _resolve(entry: str, source: str, path: str, expected: type[_T], what: str) 
 
 def _why(exc: Exception) -> str:
     """One line: the error, and where in the user's code it was raised."""
+    # Startup prints one line: a message spanning several is joined.
+    message = " ".join(str(exc).split())
     if isinstance(exc, ModuleNotFoundError):
-        return str(exc)
+        return message
     if isinstance(exc, SyntaxError):
-        return f"SyntaxError: {exc}"
+        return f"SyntaxError: {message}"
     frames = traceback.extract_tb(exc.__traceback__)
     # The last frame is where it was raised; importlib's own frames come first.
     where = f", at {frames[-1].filename}:{frames[-1].lineno}" if frames else ""
-    return f"{type(exc).__name__}: {exc}{where}"
+    return f"{type(exc).__name__}: {message}{where}"
 
 
 def _kind_of(value: object) -> str:
