@@ -13,14 +13,16 @@ from fanout.bridge import ASGIBridge, BridgeFlask
 from fanout.bridge.gc_tuning import tuned_gc
 from fanout.bridge.h2c import refuse_h2c_upgrades
 from fanout.core.config import GatewayConfig, load_gateway_config
+from fanout.process.app_code import import_app_code
 from fanout.process.logs import set_level
 from fanout.process.metrics import install_metrics
 from fanout.process.settings import config_path, load_settings
-from handlers import demo, health, jobs, jobs_ui, openapi, ops, proxy
+from handlers import health, jobs, jobs_ui, openapi, ops, proxy
 from handlers.aggregate import register_endpoints
 from handlers.auth import install_auth
 from handlers.batch import shipped_kinds
 from handlers.errors import install_error_handlers
+from handlers.registration import check_route_clashes, register_app_code
 from handlers.request_ids import install_request_ids
 from handlers.resources import install_resources, register_job_kind
 
@@ -53,9 +55,16 @@ def create_app(config: Mapping[str, Any] | None = None) -> BridgeFlask:
     """Create and configure an instance of the Fanout Flask application.
 
     Settings come from defaults, then the gateway file's ``[server]`` table,
-    then ``FANOUT_*`` environment variables, then ``config``.
+    then ``FANOUT_*`` environment variables, then ``config``. The gateway
+    file's ``[app]`` blueprints and job kinds are imported and registered
+    after the built-in ones. To add your own in code instead, register them
+    on the app this returns (``app.register_blueprint(...)``,
+    ``handlers.resources.register_job_kind(app, kind)``).
     """
-    gateway = load_gateway_config(config_path(config), os.environ)
+    source = config_path(config)
+    gateway = load_gateway_config(source, os.environ)
+    # Imported first: a bad entry is reported before anything else is built.
+    code = import_app_code(gateway.app, source)
     # No static folder: the gateway serves no files, and /static would only 404.
     app = BridgeFlask(__name__, static_folder=None)
     app.json = _ClientJSON(app)
@@ -68,13 +77,17 @@ def create_app(config: Mapping[str, Any] | None = None) -> BridgeFlask:
     for kind in shipped_kinds(app):
         register_job_kind(app, kind)
     app.register_blueprint(health.blueprint)
-    app.register_blueprint(demo.blueprint)
     app.register_blueprint(proxy.blueprint)
     app.register_blueprint(jobs_ui.blueprint)
     app.register_blueprint(jobs.blueprint)
     app.register_blueprint(ops.blueprint)
     app.register_blueprint(openapi.blueprint)
+    register_app_code(app, code, source)
+    # Prefer code to the gateway file's [app] table? Register yours here, e.g.
+    #   app.register_blueprint(shop.blueprint)        (from handlers import shop)
+    #   register_job_kind(app, shop.REPORT)
     register_endpoints(app, gateway.endpoints)
+    check_route_clashes(app, code, source)
     return app
 
 

@@ -17,9 +17,12 @@ registered by then), and kept in ``app.extensions``. What can be derived is:
   of the configured upstreams, ``POST /jobs/{kind}``'s kind one of the
   registered job kinds.
 - what the other routes answer cannot be derived: jobs, probes, the demo view
-  and this document are described by the fragments below, keyed by view
-  endpoint name (or by path, for routes other modules add). Any other route
-  still appears, with its methods, its parameters and a generic answer.
+  (when its blueprint is registered) and this document are described by the
+  fragments below, keyed by view endpoint name (or by path, for routes other
+  modules add). Any other route (the views of ``[app] blueprints``, or those
+  registered in code) still appears: its methods, its path parameters typed
+  by their converters, its docstring's first line as summary (the rest as
+  description), a 200 answer, and problem details otherwise.
 
 OpenAPI forbids two templated paths that differ only in variable names
 (``/jobs/{kind}`` and ``/jobs/{job_id}``): such rules share one path item,
@@ -31,6 +34,7 @@ of ``auth.OPEN_PATHS``, which declare ``security: []``.
 
 from __future__ import annotations
 
+import inspect
 import json
 import re
 from collections.abc import Callable, Iterable, Mapping
@@ -479,7 +483,7 @@ class _Builder:
             operation = self.aggregate(aggregate)
         else:
             describe = _BY_ENDPOINT.get(route.rule.endpoint) or _BY_PATH.get(route.rule.rule)
-            operation = describe(self, route, method) if describe else _generic()
+            operation = (describe or _generic)(self, route, method)
         operation["operationId"] = _operation_id(method, route.path)
         operation.setdefault("summary", self.summary(route))
         tag = route.rule.endpoint.partition(".")[0] if "." in route.rule.endpoint else "gateway"
@@ -639,12 +643,26 @@ def _version() -> str:
         return "0"
 
 
-def _generic() -> JSONObject:
-    return {
+def _generic(builder: _Builder, route: _Route, method: str) -> JSONObject:
+    """Any other route (a view of an ``[app]`` blueprint): what every view may answer."""
+    view = builder.app.view_functions.get(route.rule.endpoint)
+    operation: JSONObject = {
         "responses": {
-            "default": _response("Not described by this document.", {"*/*": {}}),
+            "200": _response("The view's answer.", {"*/*": {}}),
+            "default": _response(
+                "Another answer of the view; errors are problem details.",
+                {PROBLEM_JSON: _ref("schemas", "ProblemDetails"), "*/*": {}},
+            ),
         }
     }
+    # The docstring's first line is the summary (set by the builder); the rest describes it.
+    rest = inspect.cleandoc(view.__doc__ or "").partition("\n")[2].strip() if view else ""
+    if rest:
+        operation["description"] = rest
+    if method in _BODY_METHODS:
+        operation["requestBody"] = {"required": False, "content": _content({"*/*": {}})}
+        operation["responses"]["413"] = _ref("responses", "PayloadTooLarge")
+    return operation
 
 
 # -- fragments: what the gateway's own routes answer --------------------------------

@@ -33,7 +33,11 @@ from tests.serving import hypercorn_serving
 #: addresses. Its backends answer 200 to any value of the route's variables
 #: (the fault upstream's /users/{id} takes any segment; /echo/{tail} only
 #: values without a newline, such as uuids and numbers), so a 5xx is the gateway's.
+#: It registers the demo view and a user's blueprint (tests/app_views.py).
 GATEWAY_TOML = """
+[app]
+blueprints = ["handlers.demo:blueprint", "tests.app_views:blueprint"]
+
 [upstreams.fault]
 base_url = "FAULT_URL"
 internal = true

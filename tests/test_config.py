@@ -9,6 +9,7 @@ from types import MappingProxyType
 import pytest
 
 from fanout.core.config import (
+    AppConfig,
     AuthConfig,
     BackendConfig,
     CircuitBreakerConfig,
@@ -74,6 +75,22 @@ def test_the_example_file_parses_and_uses_only_the_demo_upstream() -> None:
     assert by_group["orders"].path == "/orders?user={user_id}"
     assert "recommendations" in by_group
     assert any(endpoint.path == "/weather/<city>" for endpoint in config.endpoints)
+
+
+def test_the_example_file_registers_the_demo_view() -> None:
+    config = load_gateway_config(EXAMPLE, env={})
+    assert config.app == AppConfig(blueprints=("handlers.demo:blueprint",), job_kinds=())
+
+
+def test_the_app_table_keeps_its_import_strings_in_order() -> None:
+    config = parse(
+        '[app]\nblueprints = ["shop.views:blueprint", "${VIEWS}:bp"]\n'
+        'job_kinds = ["shop.jobs:REPORT", "shop.jobs:kinds.nightly"]',
+        env={"VIEWS": "reports.views"},
+    )
+    assert config.app.blueprints == ("shop.views:blueprint", "reports.views:bp")
+    assert config.app.job_kinds == ("shop.jobs:REPORT", "shop.jobs:kinds.nightly")
+    assert parse("").app == AppConfig()
 
 
 def test_the_example_file_needs_no_environment() -> None:
@@ -318,7 +335,57 @@ BROKEN: list[tuple[str, str | None, str, str]] = [
     ("missing file", None, "", "no such file"),
     ("invalid TOML", "[server\nsync_threads = 3", "", "invalid TOML: "),
     ("invalid TOML value", "[server]\nsync_threads = three", "", "invalid TOML: "),
-    ("unknown top-level key", "timout = 1", "timout", "unknown key; expected one of auth,"),
+    ("unknown top-level key", "timout = 1", "timout", "unknown key; expected one of app, auth,"),
+    (
+        "unknown [app] key",
+        '[app]\nviews = ["shop:bp"]',
+        "app.views",
+        "unknown key; expected one of blueprints, job_kinds",
+    ),
+    ("[app] not a table", 'app = "shop:bp"', "app", "expected a table, got 'shop:bp'"),
+    (
+        "blueprints not an array",
+        '[app]\nblueprints = "shop:bp"',
+        "app.blueprints",
+        "expected an array of strings, got 'shop:bp'",
+    ),
+    (
+        "blueprint not a string",
+        "[app]\nblueprints = [1]",
+        "app.blueprints[0]",
+        "expected a string, got 1",
+    ),
+    (
+        "blueprint without an attribute",
+        '[app]\nblueprints = ["shop.views"]',
+        "app.blueprints[0]",
+        "expected 'module:attribute' with dotted names, e.g. 'shop.views:blueprint', "
+        "got 'shop.views'",
+    ),
+    (
+        "job kind with a path, not a module",
+        '[app]\njob_kinds = ["ok:kind", "shop/jobs.py:kind"]',
+        "app.job_kinds[1]",
+        "expected 'module:attribute' with dotted names",
+    ),
+    (
+        "job kind with an empty attribute",
+        '[app]\njob_kinds = ["shop.jobs:"]',
+        "app.job_kinds[0]",
+        "expected 'module:attribute'",
+    ),
+    (
+        "blueprint with a bad dotted name",
+        '[app]\nblueprints = ["shop..views:bp"]',
+        "app.blueprints[0]",
+        "expected 'module:attribute'",
+    ),
+    (
+        "blueprint listed twice",
+        '[app]\nblueprints = ["shop:bp", "shop:bp"]',
+        "app.blueprints[1]",
+        "'shop:bp' is listed twice",
+    ),
     ("unknown server key", "[server]\nmax_body = 1", "server.max_body", "unknown key"),
     ("unknown jobs key", "[jobs]\nttl = 1", "jobs.ttl", "expected one of default_timeout,"),
     ("unknown auth key", "[auth]\nkeys = {}", "auth.keys", "unknown key"),

@@ -23,6 +23,7 @@ __all__ = [
     "JOB_STORE_PREFIXES",
     "METHODS",
     "RESERVED_PREFIXES",
+    "AppConfig",
     "AuthConfig",
     "BackendConfig",
     "CircuitBreakerConfig",
@@ -34,7 +35,9 @@ __all__ = [
     "UpstreamConfig",
     "load_gateway_config",
     "parse_gateway_config",
+    "route_shape",
     "route_variables",
+    "split_import_string",
 ]
 
 #: Methods an aggregate endpoint may answer.
@@ -191,9 +194,20 @@ class AuthConfig:
 
 
 @dataclass(frozen=True)
+class AppConfig:
+    """Code registered beside the gateway's own routes, as ``module:attribute`` strings."""
+
+    #: Flask blueprints, served like the built-in routes.
+    blueprints: tuple[str, ...] = ()
+    #: Job kinds (``fanout.jobs.JobKind``), started by ``POST /jobs/<name>``.
+    job_kinds: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     """The whole gateway file."""
 
+    app: AppConfig = AppConfig()
     server: ServerConfig = ServerConfig()
     jobs: JobsConfig = JobsConfig()
     auth: AuthConfig = AuthConfig()
@@ -210,6 +224,17 @@ class GatewayConfig:
 def route_variables(route: str) -> frozenset[str]:
     """Names of the ``<var>`` and ``<converter:var>`` parts of a Flask route."""
     return frozenset(match["name"] for match in _ROUTE_VARIABLE.finditer(route))
+
+
+def split_import_string(text: str) -> tuple[str, str] | None:
+    """``(module, attribute)`` of a ``module:attribute`` string (dotted names), else None."""
+    module, colon, attribute = text.partition(":")
+    if not colon:
+        return None
+    for dotted in (module, attribute):
+        if not all(part.isidentifier() for part in dotted.split(".")):
+            return None
+    return module, attribute
 
 
 def parse_gateway_config(text: str, *, source: str, env: Mapping[str, str]) -> GatewayConfig:
@@ -285,7 +310,7 @@ def _has_control(text: str, *, allow_tab: bool = False) -> bool:
     )
 
 
-def _route_shape(route: str) -> str:
+def route_shape(route: str) -> str:
     """A route with variable names erased, so that /a/<x> and /a/<string:y> compare equal."""
 
     def shape(match: re.Match[str]) -> str:
@@ -460,17 +485,42 @@ class _Parser:
         self.check_keys(document, "", _keys_of(GatewayConfig))
         # Sections in the order the file usually has them, so the first error reported is the
         # first a reader meets; endpoints come last because they refer to upstreams.
+        app = self.app(self.sub_table(document, "app", ""))
         server = self.server(self.sub_table(document, "server", ""))
         jobs = self.jobs(self.sub_table(document, "jobs", ""))
         auth = self.auth(self.sub_table(document, "auth", ""))
         upstreams = self.upstreams(self.sub_table(document, "upstreams", ""))
         return GatewayConfig(
+            app=app,
             server=server,
             jobs=jobs,
             auth=auth,
             upstreams=MappingProxyType(upstreams),
             endpoints=self.endpoints(document.get("endpoints"), upstreams),
         )
+
+    def app(self, table: Mapping[str, object]) -> AppConfig:
+        path = "app"
+        self.check_keys(table, path, _keys_of(AppConfig))
+        return AppConfig(
+            blueprints=self.import_strings(table, "blueprints", path),
+            job_kinds=self.import_strings(table, "job_kinds", path),
+        )
+
+    def import_strings(self, table: Mapping[str, object], key: str, path: str) -> tuple[str, ...]:
+        """Checked for form only: importing runs code, so it is done when the app is built."""
+        entries = self.strings(table, key, path) or ()
+        where = _key(path, key)
+        for index, entry in enumerate(entries):
+            if split_import_string(entry) is None:
+                self.fail(
+                    f"{where}[{index}]",
+                    "expected 'module:attribute' with dotted names, e.g. "
+                    f"'shop.views:blueprint', got {_describe(entry)}",
+                )
+            if entry in entries[:index]:
+                self.fail(f"{where}[{index}]", f"{entry!r} is listed twice")
+        return entries
 
     def server(self, table: Mapping[str, object]) -> ServerConfig:
         path = "server"
@@ -649,7 +699,7 @@ class _Parser:
             path = f"endpoints[{index}]"
             endpoint = self.endpoint(table, path, upstreams)
             # Flask would silently route the second of two equal rules to the first.
-            route = (endpoint.method, _route_shape(endpoint.path))
+            route = (endpoint.method, route_shape(endpoint.path))
             if route in defined:
                 self.fail(
                     _key(path, "path"),

@@ -1,4 +1,7 @@
-"""Job kinds registered in code and started by ``POST /jobs/<kind>``."""
+"""Job kinds registered in code and started by ``POST /jobs/<kind>``.
+
+Import them from ``fanout.jobs``, the public module for writing a kind.
+"""
 
 from __future__ import annotations
 

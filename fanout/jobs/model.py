@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import secrets
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
@@ -60,6 +61,12 @@ class StoredResponse:
     status: int
     headers: tuple[tuple[str, str], ...]
     body: bytes
+
+    @classmethod
+    def from_json(cls, value: Any, status: int = 200) -> StoredResponse:
+        """An ``application/json`` answer holding ``value`` (json.dumps of it)."""
+        body = json.dumps(value).encode()
+        return cls(status=status, headers=(("Content-Type", "application/json"),), body=body)
 
 
 @dataclass(frozen=True)
