@@ -13,9 +13,12 @@ Two checks, because aiohttp has two paths to a socket:
   redirect hop, so a caller cannot forget.
 
 An upstream explicitly marked internal in config is exempt from both checks, by
-host name. Usage::
+host name. Given ``origins`` (the configured upstreams' base URLs), the
+middleware also refuses every request whose origin (scheme, host and port) is
+not one of them, internal or not: the raw session reaches configured upstreams
+only, never another port of an internal host. Usage::
 
-    guard = session_guard(internal_hosts)
+    guard = session_guard(internal_hosts, origins=base_urls)
     connector = aiohttp.TCPConnector(resolver=guard.resolver, ...)
     session = aiohttp.ClientSession(connector=connector, middlewares=guard.middlewares, ...)
     ...
@@ -34,6 +37,7 @@ from typing import Final
 
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
+from yarl import URL
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -45,6 +49,7 @@ __all__ = [
     "check_literal_host",
     "forbidden_reason",
     "guard_middleware",
+    "origin_of",
     "session_guard",
 ]
 
@@ -287,14 +292,36 @@ def check_literal_host(host: str, *, internal: bool) -> None:
         raise BlockedAddressError(host, reason, [str(address)])
 
 
-def guard_middleware(internal_hosts: Iterable[str] = ()) -> aiohttp.ClientMiddlewareType:
-    """A client middleware refusing forbidden IP-literal hosts, on each request and redirect."""
+Origin = tuple[str, str, int | None]
+
+#: Why a request to an address outside the configured origins is refused.
+NOT_CONFIGURED = "not a configured upstream's origin"
+
+
+def origin_of(url: str | URL) -> Origin:
+    """The (scheme, host, port) of a URL, as origins are compared (default ports filled in)."""
+    parsed = url if isinstance(url, URL) else URL(url)
+    return (parsed.scheme.lower(), _normalize_host(parsed.raw_host or ""), parsed.port)
+
+
+def guard_middleware(
+    internal_hosts: Iterable[str] = (), origins: Iterable[str] | None = None
+) -> aiohttp.ClientMiddlewareType:
+    """A client middleware refusing forbidden IP-literal hosts, on each request and redirect.
+
+    With ``origins`` (base URLs), any request to another origin is refused
+    too, whatever its address: internal hosts are exempt from the address
+    check only on their configured origins.
+    """
     internal = frozenset(_normalize_host(host) for host in internal_hosts)
+    allowed = None if origins is None else frozenset(origin_of(origin) for origin in origins)
 
     async def middleware(
         request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType
     ) -> aiohttp.ClientResponse:
         host = request.url.raw_host or ""
+        if allowed is not None and origin_of(request.url) not in allowed:
+            raise BlockedAddressError(host, NOT_CONFIGURED)
         check_literal_host(host, internal=_normalize_host(host) in internal)
         return await handler(request)
 
@@ -315,11 +342,17 @@ class SessionGuard:
 
 
 def session_guard(
-    internal_hosts: Iterable[str] = (), inner: AbstractResolver | None = None
+    internal_hosts: Iterable[str] = (),
+    inner: AbstractResolver | None = None,
+    *,
+    origins: Iterable[str] | None = None,
 ) -> SessionGuard:
-    """Build the resolver and the middleware guarding a session; internal_hosts are exempt."""
+    """Build the resolver and the middleware guarding a session; internal_hosts are exempt.
+
+    ``origins``: the only origins the session may call (None: any allowed address).
+    """
     hosts = frozenset(internal_hosts)
-    return SessionGuard(GuardedResolver(hosts, inner), guard_middleware(hosts))
+    return SessionGuard(GuardedResolver(hosts, inner), guard_middleware(hosts, origins))
 
 
 def blocked_cause(error: BaseException) -> BlockedAddressError | None:

@@ -1,31 +1,20 @@
-"""One call to an upstream over the shared session, under a total deadline."""
+"""An upstream's complete reply, and how a call's failure and body are judged."""
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import json
-import logging
 import math
-from collections.abc import Coroutine, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import aiohttp
 from aiohttp.http_exceptions import ContentLengthError
 
-from clients.errors import (
-    BadUpstreamPayload,
-    UpstreamStatusError,
-    UpstreamTimeout,
-    UpstreamUnavailable,
-)
+from clients.errors import BadUpstreamPayload, UpstreamStatusError
 from fanout.core.circuit import FailureKind
 
-T = TypeVar("T")
-logger = logging.getLogger(__name__)
-
-DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
 #: Content-Encodings a body is read in: none, or one aiohttp decodes itself
 #: (it decodes only a single coding; "br" and "zstd" fail there when their
 #: libraries are missing, as malformed answers).
@@ -66,48 +55,6 @@ def _finite_float(text: str) -> float:
     if not math.isfinite(value):
         raise ValueError("a number out of the range of a double")
     return value
-
-
-async def call_all(*calls: Coroutine[Any, Any, T]) -> list[T]:
-    """Run calls concurrently; on the first failure cancel the rest and raise it."""
-    tasks: list[asyncio.Task[T]] = []
-    try:
-        async with asyncio.TaskGroup() as group:
-            tasks = [group.create_task(call) for call in calls]
-    except ExceptionGroup as failed:
-        raise failed.exceptions[0] from None
-    return [task.result() for task in tasks]
-
-
-async def call_upstream(
-    session: aiohttp.ClientSession,
-    upstream: str,
-    method: str,
-    url: str,
-    *,
-    deadline: float,
-    headers: Mapping[str, str] | None = None,
-    body: bytes | None = None,
-    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-) -> UpstreamReply:
-    """Call ``url`` and read the whole answer within ``deadline`` seconds."""
-    try:
-        async with asyncio.timeout(deadline):
-            async with session.request(
-                method, url, headers=headers, data=body, allow_redirects=False
-            ) as response:
-                data = await read_capped(response, upstream, max_body_bytes)
-                return UpstreamReply(upstream, response.status, response.headers, data)
-    except TimeoutError as exc:
-        raise UpstreamTimeout(upstream, f"{upstream} did not answer within {deadline}s") from exc
-    except (aiohttp.ClientError, OSError) as exc:
-        _kind, phrase = classify_failure(exc)
-        # The exception's text (URL, address) is for the log only.
-        logger.warning(
-            "upstream call",
-            extra={"upstream": upstream, "method": method, "cause": f"{type(exc).__name__}: {exc}"},
-        )
-        raise UpstreamUnavailable(upstream, f"{upstream} {phrase}") from exc
 
 
 def classify_failure(error: BaseException) -> tuple[FailureKind, str]:

@@ -26,6 +26,8 @@ class Upstreams:
         observer: UpstreamObserver | None = None,
     ) -> None:
         chance = rng or random.Random()
+        #: The shared session the clients call over (``clients.http_session()``).
+        self.session = session
         self._clients = {
             name: UpstreamClient(cfg, session, chance, observer) for name, cfg in configs.items()
         }
@@ -38,6 +40,10 @@ class Upstreams:
 
     def __getitem__(self, name: str) -> UpstreamClient:
         return self._clients[name]
+
+    def names(self) -> list[str]:
+        """The configured upstreams' names, in config order."""
+        return list(self._clients)
 
     def clients(self) -> list[UpstreamClient]:
         """Every upstream client, in config order."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any
@@ -10,11 +9,13 @@ from typing import Any
 from flask import Flask, Response, abort, current_app, request
 
 from clients.errors import UpstreamError, UpstreamStatusError, UpstreamTimeout
+from clients.gather import gather
 from clients.upstream import UpstreamReply
 from clients.upstreams import Upstreams
 from fanout.core.aggregate import BackendFailure, decide
 from fanout.core.cache_control import response_ttl
 from fanout.core.config import BackendConfig, EndpointConfig
+from fanout.core.deadline import deadline
 from fanout.core.merge import Part, filter_fields
 from fanout.core.paths import PathTemplate, append_query
 from fanout.jobs.model import StoredResponse
@@ -89,23 +90,25 @@ async def fan_out(
     request_id: str,
 ) -> StoredResponse:
     """Call the endpoint's backends concurrently; return its answer, merged."""
-    deadline = asyncio.get_running_loop().time() + endpoint.timeout
-    call = _BackendCall(pool, endpoint, headers={HEADER: request_id}, body=body, deadline=deadline)
-    results = await asyncio.gather(
-        *(call.run(backend, path) for backend, path in zip(endpoint.backends, paths, strict=True)),
-        return_exceptions=True,
-    )
+    # Views' upstream calls and these share one deadline and one gather.
+    with deadline(endpoint.timeout) as until:
+        assert until is not None  # a number of seconds was given
+        call = _BackendCall(pool, endpoint, headers={HEADER: request_id}, body=body, deadline=until)
+        results = await gather(
+            {
+                index: call.run(backend, path)
+                for index, (backend, path) in enumerate(zip(endpoint.backends, paths, strict=True))
+            }
+        )
     parts: list[Part] = []
     failures: list[BackendFailure] = []
-    for backend, result in zip(endpoint.backends, results, strict=True):
-        if isinstance(result, Part):
-            parts.append(result)
-        elif isinstance(result, UpstreamError):
+    for backend, result in zip(endpoint.backends, results.values(), strict=True):
+        if isinstance(result, UpstreamError):
             status, title = upstream_status(result)
             label = backend.group or backend.upstream
             failures.append(BackendFailure(label, status, title, str(result), backend.required))
         else:
-            raise result  # a bug, not an upstream failure: the 500 handler logs it
+            parts.append(result)
     outcome = decide(parts, failures)
     content_type = "application/json" if outcome.status < 400 else PROBLEM_JSON
     return StoredResponse(

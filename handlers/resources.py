@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 from flask import Flask, current_app
 
+from clients.calls import bind_upstreams
 from clients.safety import session_guard
 from clients.session import SessionLimits, open_session
 from clients.upstreams import Upstreams
@@ -35,8 +36,12 @@ async def _http_session(app: Flask) -> AsyncIterator[None]:
         dns_cache_seconds=app.config["DNS_CACHE_SECONDS"],
         keepalive_seconds=app.config["KEEPALIVE_SECONDS"],
     )
-    # Only configured internal upstreams may be on loopback or private addresses.
-    guard = session_guard(gateway_config(app).internal_hosts())
+    # Only configured internal upstreams may be on loopback or private addresses,
+    # and the raw session (clients.http_session()) reaches configured origins only.
+    config = gateway_config(app)
+    guard = session_guard(
+        config.internal_hosts(), origins=[cfg.base_url for cfg in config.upstreams.values()]
+    )
     session = open_session(limits, guard)
     app.extensions[SESSION_KEY] = session
     try:
@@ -49,13 +54,21 @@ async def _http_session(app: Flask) -> AsyncIterator[None]:
 
 
 async def _upstreams(app: Flask) -> AsyncIterator[None]:
-    app.extensions[UPSTREAMS_KEY] = Upstreams(
-        gateway_config(app).upstreams, http_session(app), observer=metrics(app)
-    )
+    pool = Upstreams(gateway_config(app).upstreams, http_session(app), observer=metrics(app))
+    app.extensions[UPSTREAMS_KEY] = pool
+    # The lifespan's own tasks (the job registry's, started next) find them too.
+    bind_upstreams(pool)
     try:
         yield
     finally:
+        bind_upstreams(None)
         app.extensions.pop(UPSTREAMS_KEY, None)
+
+
+def _bind_request_upstreams() -> None:
+    # clients.upstream(name) knows nothing of Flask: it reads a context
+    # variable, set here for the request (and the tasks and jobs it starts).
+    bind_upstreams(current_app.extensions.get(UPSTREAMS_KEY))
 
 
 async def _jobs(app: Flask) -> AsyncIterator[None]:
@@ -89,6 +102,7 @@ def install_resources(app: BridgeFlask, config: GatewayConfig) -> None:
     """Keep the gateway config; register what the lifespan opens and closes."""
     app.extensions[GATEWAY_CONFIG_KEY] = config
     app.extensions[JOB_KINDS_KEY] = {}
+    app.before_request(_bind_request_upstreams)
     app.while_serving(_http_session)
     app.while_serving(_upstreams)
     # Last in, first out: jobs stop (and may still call upstreams) before the session closes.

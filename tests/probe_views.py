@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 import time
 from collections.abc import Iterator
@@ -21,10 +22,11 @@ from flask import (
 )
 from flask.views import MethodView
 
-from clients.upstream import call_upstream
+import clients
 from fanout.bridge import BridgeFlask
+from fanout.core.config import UpstreamConfig
 from handlers.jobs import background_view, job_progress
-from handlers.resources import http_session
+from handlers.resources import GATEWAY_CONFIG_KEY, gateway_config
 
 STATE_KEY = "tests.probe_state"
 
@@ -84,15 +86,11 @@ async def result(key: str) -> Response | tuple[Response, int]:
 
 @blueprint.get("/upstream")
 async def upstream() -> Response:
-    """Call the fake upstream through the shared session."""
-    reply = await call_upstream(
-        http_session(),
-        "fake",
-        "GET",
-        f"{current_app.config['PROBE_UPSTREAM']}/delay?ms={request.args.get('ms', '0')}",
+    """Call the fake upstream (configured as "fake" by mount_probes) over the shared session."""
+    reply = await clients.upstream("fake").get(
+        f"/delay?ms={request.args.get('ms', '0')}",
         # A test queueing far more calls than the session's connections sets a longer one.
-        deadline=float(request.args.get("deadline", "5")),
-        headers={"X-Request-ID": g.request_id},
+        timeout=float(request.args.get("deadline", "5")),
     )
     return jsonify(reply.json())
 
@@ -353,6 +351,23 @@ blueprint.add_url_rule("/counter", view_func=Counter.as_view("counter"))
 def mount_probes(app: BridgeFlask, upstream_url: str = "") -> BridgeFlask:
     """Add the probe views and their state to ``app``."""
     app.config["PROBE_UPSTREAM"] = upstream_url
+    if upstream_url:
+        # The fake upstream as a configured one (the raw session reaches
+        # configured origins only): a long per-try timeout, since tests
+        # queue far more calls than the session has connections.
+        fake = UpstreamConfig(
+            name="fake",
+            base_url=upstream_url,
+            timeout=60.0,
+            # A loaded machine accepts 1,000 connections slowly.
+            connect_timeout=30.0,
+            max_connections=10_000,
+            internal=True,
+        )
+        config = gateway_config(app)
+        app.extensions[GATEWAY_CONFIG_KEY] = dataclasses.replace(
+            config, upstreams={**config.upstreams, "fake": fake}
+        )
     app.extensions[STATE_KEY] = ProbeState()
     app.register_blueprint(blueprint)
     return app

@@ -53,11 +53,21 @@ async def _start_demo(
     return runner, port
 
 
-async def test_dashboard_fans_out_concurrently_and_merges() -> None:
+def _shipped_gateway_file(directory: Path, port: int) -> str:
+    """The shipped gateway.toml, its demo upstream pointed at ``port``; return its path."""
+    example = (ROOT / "gateway.toml").read_text()
+    assert "http://127.0.0.1:8081" in example
+    path = directory / "gateway.toml"
+    path.write_text(example.replace("http://127.0.0.1:8081", f"http://127.0.0.1:{port}"))
+    return str(path)
+
+
+async def test_dashboard_fans_out_concurrently_and_merges(tmp_path: Path) -> None:
     in_flight = InFlight()
     runner, port = await _start_demo(latency_seconds=0.3, in_flight=in_flight)
     try:
-        app = create_app({"DEMO_UPSTREAM_URL": f"http://127.0.0.1:{port}"})
+        # The view calls the configured "demo" upstream (clients.upstream).
+        app = create_app({"CONFIG": _shipped_gateway_file(tmp_path, port)})
         async with hypercorn_serving(ASGIBridge(app)) as url, aiohttp.ClientSession() as client:
             async with client.get(f"{url}/demo/dashboard/7") as response:
                 assert response.status == 200

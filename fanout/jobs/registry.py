@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from fanout.core.deadline import deadline
 from fanout.jobs import model
 from fanout.jobs.memory_trim import trim_free_memory
 from fanout.jobs.model import JobRecord, JobStatus, Progress, StoredResponse
@@ -358,8 +359,11 @@ class JobRegistry:
                 )
                 context = JobContext(self, record)
                 try:
+                    # The deadline tells the job's upstream calls (clients) of
+                    # the time limit, so none is started past it.
                     async with asyncio.timeout(record.timeout):
-                        result = await body(context)
+                        with deadline(record.timeout):
+                            result = await body(context)
                 except ExceptionGroup as group:
                     # A body's TaskGroup wraps what its tasks raised: judge the
                     # job by what is inside, as if it had been raised alone.
