@@ -85,9 +85,14 @@ async def test_dashboard_fans_out_concurrently_and_merges(tmp_path: Path) -> Non
             aiohttp.ClientSession() as client,
             client.get(f"{url}/demo/dashboard/7") as response,
         ):
-            assert response.status == 502
             problem = await response.json()
-            assert problem["upstream"] == "demo" and "unavailable" in problem["detail"]
+            # Refused connections, retried: three calls' failures may open the
+            # demo's circuit (5 failures) before the user call's retry (503).
+            assert (response.status, problem["title"]) in {
+                (502, "Bad Gateway"),
+                (503, "Upstream Circuit Open"),
+            }, problem
+            assert problem["upstream"] == "demo"
     finally:
         await runner.cleanup()
     assert body["user"]["id"] == 7 and body["user"]["name"] == "Alan Turing"
