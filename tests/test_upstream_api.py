@@ -1,7 +1,8 @@
 """clients.upstream(name) from a user's own async view, through the real stack.
 
-The blueprint (tests/api_views.py) is registered on the app from
-``create_app`` and served by Hypercorn; upstreams are real aiohttp servers.
+The blueprint and job kind (tests/api_views.py) are listed in the gateway
+file's ``[app]`` table, as a user lists theirs, and served by Hypercorn;
+upstreams are real aiohttp servers.
 """
 
 from __future__ import annotations
@@ -22,8 +23,6 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from app import create_app
 from fanout.bridge import ASGIBridge
-from handlers.resources import register_job_kind
-from tests import api_views
 from tests.serving import hypercorn_serving
 
 API_KEY = "mine-0123456789abcdef"
@@ -87,6 +86,11 @@ def gateway_text(origin: str, *, keys: bool = False) -> str:
     """The gateway file: one upstream per Backend prefix, all on the loopback (internal)."""
     auth = f'[auth]\napi_keys = {{ tester = "{API_KEY}" }}\n' if keys else ""
     return f"""
+[app]
+# Registered as a user registers them: through the gateway file.
+blueprints = ["tests.api_views:blueprint"]
+job_kinds = ["tests.api_views:deadline_kind"]
+
 [jobs]
 store = "memory://"
 {auth}
@@ -132,13 +136,11 @@ class Served:
 
 @asynccontextmanager
 async def serving(tmp_path: Path, *, keys: bool = False) -> AsyncIterator[Served]:
-    """The app from create_app with the user's blueprint and job kind, under Hypercorn."""
+    """The app with the user's blueprint and job kind listed in [app], under Hypercorn."""
     async with backend_serving() as backend:
         config = tmp_path / "gateway.toml"
         config.write_text(gateway_text(backend.url, keys=keys))
         app = create_app({"CONFIG": str(config), "JOB_POLL_SECONDS": 0.1})
-        app.register_blueprint(api_views.blueprint)
-        register_job_kind(app, api_views.deadline_kind)
         async with (
             hypercorn_serving(ASGIBridge(app)) as url,
             aiohttp.ClientSession(url) as client,
