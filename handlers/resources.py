@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -15,7 +16,7 @@ from fanout.bridge import BridgeFlask
 from fanout.core.config import GatewayConfig
 from fanout.jobs.kinds import JobKind
 from fanout.jobs.registry import JobLimits, JobRegistry
-from fanout.jobs.store_factory import open_store_from_url
+from fanout.jobs.store_factory import anchored_store_url, open_store_from_url
 from fanout.process.metrics import metrics
 
 SESSION_KEY = "fanout.http_session"
@@ -73,7 +74,9 @@ def _bind_request_upstreams() -> None:
 
 async def _jobs(app: Flask) -> AsyncIterator[None]:
     config = gateway_config(app).jobs
-    store = open_store_from_url(app.config["JOB_STORE"] or config.store)
+    # A relative sqlite path in the gateway file is taken from the file's directory.
+    in_file = anchored_store_url(config.store, os.path.dirname(app.config["CONFIG"]))
+    store = open_store_from_url(app.config["JOB_STORE"] or in_file)
     await store.open()
     limits = JobLimits(
         max_running=config.max_running,

@@ -355,7 +355,7 @@ class _Parser:
         return [self.table(item, f"{path}[{index}]") for index, item in enumerate(value)]
 
     def interpolate(self, text: str, path: str) -> str:
-        """Replace ``${NAME}`` from the environment mapping and ``$$`` by ``$``."""
+        """Replace ``${NAME}`` and ``${NAME:-default}`` from the environment, ``$$`` by ``$``."""
         if "$" not in text:
             return text
         out: list[str] = []
@@ -369,6 +369,8 @@ class _Parser:
                 continue
             close = text.find("}", dollar + 2) if following == "{" else -1
             name = text[dollar + 2 : close] if close >= 0 else ""
+            # ${NAME:-default}, as in the shell: the default when NAME is unset or empty.
+            name, has_default, default = name.partition(":-")
             # A lone "$" is refused rather than kept: "$HOME" was surely meant as "${HOME}".
             if not _ENV_NAME.fullmatch(name):
                 self.fail(
@@ -376,6 +378,11 @@ class _Parser:
                     f"invalid interpolation at character {dollar + 1}: write ${{NAME}} for an "
                     "environment variable, or $$ for a literal '$'",
                 )
+            if has_default and not self.env.get(name):
+                # Taken literally, like a value from the environment.
+                out.append(default)
+                start = close + 1
+                continue
             if name not in self.env:
                 self.fail(path, f"environment variable {name} is not set (used as ${{{name}}})")
             # The value is inserted as is, never interpolated again.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from fanout.jobs.memory_store import MemoryStore
@@ -29,6 +30,21 @@ def sqlite_path(url: str) -> str:
     if "?" in path or "#" in path:
         raise ValueError(f"job store url {url!r}: query and fragment are not supported")
     return path
+
+
+def anchored_store_url(url: str, directory: str) -> str:
+    """``url`` with a relative ``sqlite:///`` path taken from ``directory`` (made absolute).
+
+    The gateway file's store then does not depend on where the server was
+    started. Any other URL, and an absolute sqlite path, is returned as is.
+    """
+    if url[: len(_SQLITE_PREFIX)].lower() != _SQLITE_PREFIX:
+        return url
+    path = url[len(_SQLITE_PREFIX) :]
+    if not path or path == ":memory:" or os.path.isabs(path):
+        # Refused or kept by open_store_from_url as it is.
+        return url
+    return _SQLITE_PREFIX + os.path.join(os.path.abspath(directory), path)
 
 
 def open_store_from_url(url: str) -> JobStore:
