@@ -28,6 +28,7 @@ from hypercorn.utils import LifespanFailureError, NoAppError
 
 from fanout.bridge.h2c import ALLOW_H2C_UPGRADE
 from fanout.core.config import ConfigError, load_gateway_config
+from fanout.process.app_code import import_app_code
 from fanout.process.settings import DEFAULTS, ENV_PREFIX, SettingsError, load_settings
 
 logger = logging.getLogger(__name__)
@@ -178,7 +179,10 @@ def hypercorn_config(path: Path, shown: str) -> Config:
 def check_gateway(shown: str) -> None:
     """Validate the gateway file and the FANOUT_* settings as the app will read them."""
     try:
-        load_gateway_config(shown, os.environ)
+        gateway = load_gateway_config(shown, os.environ)
+        # The [app] entries too: a bad one is then this one line, not a
+        # worker's startup traceback (the workers import them again).
+        import_app_code(gateway.app, shown)
         # Only the environment's settings: the file's were just checked.
         load_settings(Flask(__name__))
     except (ConfigError, SettingsError) as exc:

@@ -25,9 +25,9 @@ DEFAULTS: Mapping[str, Any] = MappingProxyType(
         "CONNECTOR_LIMIT_PER_HOST": 256,
         "DNS_CACHE_SECONDS": 10,
         "KEEPALIVE_SECONDS": 30.0,
-        # Deadline of one upstream call when the caller names none.
-        "UPSTREAM_TIMEOUT_SECONDS": 10.0,
-        # Where the bundled demo upstream listens (launcher.py starts it).
+        # Where the bundled demo upstream listens: the shipped gateway.toml's
+        # demo upstream reads FANOUT_DEMO_UPSTREAM_URL, and `fanout
+        # --demo-port` sets it to the demo it starts.
         "DEMO_UPSTREAM_URL": "http://127.0.0.1:8081",
         # Level of the app's logs (DEBUG, INFO, WARNING, ERROR).
         "LOG_LEVEL": "INFO",
