@@ -17,13 +17,12 @@ import json as jsonlib
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any, Final
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 import aiohttp
 from multidict import CIMultiDict
 
-from clients.safety import session_guard
-from clients.session import SessionLimits, open_session
+from clients.session import SessionLimits, guarded_session
 from clients.upstream import UpstreamReply
 from clients.upstream_client import UpstreamClient, UpstreamObserver
 from clients.upstreams import Upstreams
@@ -101,17 +100,9 @@ async def open_upstreams(
     The session is closed on the way out.
     """
     by_name = dict(configs) if isinstance(configs, Mapping) else {cfg.name: cfg for cfg in configs}
-    guard = session_guard(
-        {urlsplit(cfg.base_url).hostname or "" for cfg in by_name.values() if cfg.internal},
-        origins=[cfg.base_url for cfg in by_name.values()],
-    )
-    session = open_session(limits or SessionLimits(), guard)
-    try:
+    async with guarded_session(by_name.values(), limits or SessionLimits()) as session:
         with using_upstreams(Upstreams(by_name, session, observer=observer)) as upstreams:
             yield upstreams
-    finally:
-        await session.close()
-        await guard.resolver.close()
 
 
 def upstream(name: str) -> Upstream:

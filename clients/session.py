@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import aiohttp
 
-from clients.safety import SessionGuard
+from clients.safety import SessionGuard, session_guard
+from fanout.core.config import UpstreamConfig
 
 
 @dataclass(frozen=True)
@@ -46,3 +50,26 @@ def open_session(limits: SessionLimits, guard: SessionGuard | None = None) -> ai
         raise_for_status=False,
         middlewares=guard.middlewares if guard else (),
     )
+
+
+@asynccontextmanager
+async def guarded_session(
+    upstreams: Iterable[UpstreamConfig], limits: SessionLimits
+) -> AsyncIterator[aiohttp.ClientSession]:
+    """Open the session for these upstreams, guarded to them; close it (and its resolver) after.
+
+    Only the upstreams marked ``internal`` may be on loopback or private
+    addresses, and the session reaches their configured origins only.
+    """
+    configs = list(upstreams)
+    guard = session_guard(
+        {urlsplit(cfg.base_url).hostname or "" for cfg in configs if cfg.internal},
+        origins=[cfg.base_url for cfg in configs],
+    )
+    session = open_session(limits, guard)
+    try:
+        yield session
+    finally:
+        await session.close()
+        # The connector does not close a resolver it was given.
+        await guard.resolver.close()

@@ -9,8 +9,7 @@ import aiohttp
 from flask import Flask, current_app
 
 from clients.calls import bind_upstreams
-from clients.safety import session_guard
-from clients.session import SessionLimits, open_session
+from clients.session import SessionLimits, guarded_session
 from clients.upstreams import Upstreams
 from fanout.bridge import BridgeFlask
 from fanout.core.config import GatewayConfig
@@ -37,21 +36,12 @@ async def _http_session(app: Flask) -> AsyncIterator[None]:
         dns_cache_seconds=app.config["DNS_CACHE_SECONDS"],
         keepalive_seconds=app.config["KEEPALIVE_SECONDS"],
     )
-    # Only configured internal upstreams may be on loopback or private addresses,
-    # and the raw session (clients.http_session()) reaches configured origins only.
-    config = gateway_config(app)
-    guard = session_guard(
-        config.internal_hosts(), origins=[cfg.base_url for cfg in config.upstreams.values()]
-    )
-    session = open_session(limits, guard)
-    app.extensions[SESSION_KEY] = session
-    try:
-        yield
-    finally:
-        app.extensions.pop(SESSION_KEY, None)
-        await session.close()
-        # The connector does not close a resolver it was given.
-        await guard.resolver.close()
+    async with guarded_session(gateway_config(app).upstreams.values(), limits) as session:
+        app.extensions[SESSION_KEY] = session
+        try:
+            yield
+        finally:
+            app.extensions.pop(SESSION_KEY, None)
 
 
 async def _upstreams(app: Flask) -> AsyncIterator[None]:
