@@ -26,6 +26,8 @@ from handlers.resources import upstreams
 
 COMPLETED_HEADER = "X-Fanout-Completed"
 BODYLESS_METHODS = frozenset({"GET", "HEAD", "DELETE"})
+#: The view of the gateway file's ``endpoints[i]`` is named this, then ``i``.
+ENDPOINT_PREFIX = "gateway_endpoint_"
 
 
 def register_endpoints(app: Flask, endpoints: Sequence[EndpointConfig]) -> None:
@@ -33,7 +35,7 @@ def register_endpoints(app: Flask, endpoints: Sequence[EndpointConfig]) -> None:
     for index, endpoint in enumerate(endpoints):
         app.add_url_rule(
             endpoint.path,
-            endpoint=f"gateway_endpoint_{index}",
+            endpoint=f"{ENDPOINT_PREFIX}{index}",
             view_func=_view_for(endpoint),
             methods=[endpoint.method],
         )

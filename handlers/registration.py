@@ -14,10 +14,9 @@ from werkzeug.routing import Rule
 
 from fanout.core.config import ConfigError, route_shape
 from fanout.process.app_code import AppCode
+from handlers.aggregate import ENDPOINT_PREFIX
 from handlers.resources import job_kinds, register_job_kind
 
-#: How handlers/aggregate.py names the view of ``endpoints[i]``.
-_ENDPOINT_PREFIX = "gateway_endpoint_"
 #: A job kind's name: the last segment of POST /jobs/<name>, as is.
 _KIND_NAME = re.compile(r"[A-Za-z0-9_-]+")
 #: The HTTP methods Werkzeug and Flask add to rules by themselves.
@@ -68,5 +67,5 @@ def check_route_clashes(app: Flask, code: AppCode, source: str) -> None:
 
 def _route_name(rule: Rule) -> str:
     """A rule's view, as the user knows it: an endpoint of the gateway file, or a view."""
-    index = rule.endpoint.removeprefix(_ENDPOINT_PREFIX)
+    index = rule.endpoint.removeprefix(ENDPOINT_PREFIX)
     return f"endpoints[{index}]" if index != rule.endpoint else rule.endpoint
