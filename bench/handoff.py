@@ -7,7 +7,9 @@ Measures (CPU on this machine, no network):
 - one thread-pool round trip (``loop.run_in_executor``);
 - one whole Flask request (async view answering JSON) through the
   ``ASGIBridge``, against the same app through asgiref's ``WsgiToAsgi``
-  (which runs Flask on one thread and each async view in its own loop).
+  (which runs Flask on one thread and each async view in its own loop);
+- the same with a plain ``def`` view (the bridge runs its request's Flask
+  work in its thread pool; WsgiToAsgi runs every request in a thread).
 """
 
 from __future__ import annotations
@@ -63,18 +65,24 @@ def _add_views(app: Flask) -> Flask:
         await asyncio.sleep(0)
         return jsonify(hello=name)
 
+    @app.get("/plain/<name>")
+    def plain(name: str) -> ResponseReturnValue:
+        return jsonify(hello=name)
+
     return app
 
 
-async def _drive(asgi: Callable[[Message, Any, Any], Awaitable[None]], requests: int) -> float:
+async def _drive(
+    asgi: Callable[[Message, Any, Any], Awaitable[None]], requests: int, path: str
+) -> float:
     scope: Message = {
         "type": "http",
         "asgi": {"version": "3.0"},
         "http_version": "1.1",
         "method": "GET",
         "scheme": "http",
-        "path": "/hello/world",
-        "raw_path": b"/hello/world",
+        "path": path,
+        "raw_path": path.encode(),
         "root_path": "",
         "query_string": b"",
         "headers": [(b"host", b"bench")],
@@ -109,17 +117,17 @@ async def _drive(asgi: Callable[[Message, Any, Any], Awaitable[None]], requests:
     return elapsed / requests * 1e6
 
 
-async def bridge_request_us(requests: int) -> float:
+async def bridge_request_us(requests: int, path: str = "/hello/world") -> float:
     """Microseconds per request through the greenlet bridge."""
     bridged = ASGIBridge(_add_views(BridgeFlask(__name__)))
-    return await _drive(bridged, requests)
+    return await _drive(bridged, requests, path)
 
 
-async def wsgi_to_asgi_request_us(requests: int) -> float:
+async def wsgi_to_asgi_request_us(requests: int, path: str = "/hello/world") -> float:
     """Microseconds per request through asgiref's WsgiToAsgi and plain Flask."""
     # asgiref ships WsgiToAsgi without type annotations.
     peer = WsgiToAsgi(_add_views(Flask(__name__)))  # type: ignore[no-untyped-call]
-    return await _drive(peer, requests)
+    return await _drive(peer, requests, path)
 
 
 async def main(requests: int, repeats: int) -> None:
@@ -131,6 +139,8 @@ async def main(requests: int, repeats: int) -> None:
             ("thread-pool round trip", thread_round_trip_us(requests)),
             ("request via ASGIBridge", bridge_request_us(requests)),
             ("request via WsgiToAsgi", wsgi_to_asgi_request_us(requests)),
+            ("def view via ASGIBridge", bridge_request_us(requests, "/plain/world")),
+            ("def view via WsgiToAsgi", wsgi_to_asgi_request_us(requests, "/plain/world")),
         ):
             results.setdefault(name, []).append(await measure)
     medians = {name: statistics.median(values) for name, values in results.items()}
@@ -140,7 +150,9 @@ async def main(requests: int, repeats: int) -> None:
     request = medians["request via WsgiToAsgi"] / medians["request via ASGIBridge"]
     lines.append("")
     lines.append(f"thread hand-off / greenlet hand-off: {handoff:.1f}x")
+    plain = medians["def view via WsgiToAsgi"] / medians["def view via ASGIBridge"]
     lines.append(f"WsgiToAsgi request / ASGIBridge request: {request:.1f}x")
+    lines.append(f"def view, WsgiToAsgi / ASGIBridge: {plain:.2f}x")
     sys.stdout.write("\n".join(lines) + "\n")
 
 
