@@ -5,6 +5,7 @@
   GET /test/hold          a plain def view (the thread pool) that returns once the
                           file named by HELD_RELEASE_FILE exists
   GET /test/stall?seconds=N  an async view that blocks the worker's loop N seconds
+  GET /test/exit          a view that raises SystemExit (as a library calling sys.exit() does)
 """
 
 from __future__ import annotations
@@ -46,6 +47,12 @@ async def stall() -> Response:
     """Block the worker's event loop (deliberately: what a blocking hook would do)."""
     time.sleep(float(request.args.get("seconds", "1")))  # noqa: ASYNC251 - the point
     return jsonify(pid=os.getpid())
+
+
+@blueprint.get("/exit")
+async def exit_view() -> Response:
+    """Raise SystemExit, as a library that calls sys.exit() would."""
+    raise SystemExit(3)
 
 
 def _create() -> BridgeFlask:

@@ -241,6 +241,23 @@ async def test_a_job_whose_task_crashes_names_the_error_not_its_group(
     assert final["error"]["detail"] == "The job failed (LookupError)."
 
 
+async def _exit(context: JobContext) -> StoredResponse:
+    raise SystemExit(3)  # a library calling sys.exit() in a job
+
+
+async def test_a_job_raising_system_exit_fails_and_the_worker_keeps_serving(
+    big: BigUpstream, tmp_path: Path
+) -> None:
+    async with _with_views(big, tmp_path) as served:
+        register_job_kind(served.app, JobKind("exits", lambda params: _exit))
+        _, _, job = await _json(served, "POST", "/jobs/exits")
+        final = await _wait_final(served, job["id"])
+        assert final["status"] == "failed"
+        assert final["error"]["detail"] == "The job failed (SystemExit)."
+        _, _, small = await _json(served, "GET", "/test/huge/1")
+        assert (await _wait_final(served, small["id"]))["status"] == "succeeded"
+
+
 async def test_a_background_view_obeys_the_result_limit(big: BigUpstream, tmp_path: Path) -> None:
     async with _with_views(big, tmp_path) as served:
         _, _, job = await _json(served, "GET", "/test/huge/100")

@@ -6,16 +6,9 @@ from collections.abc import Callable
 
 from flask import Flask
 
-from fanout.bridge.http import (
-    HttpExchange,
-    Message,
-    Receive,
-    Send,
-    ambiguous_framing,
-    answer_ambiguous_framing,
-    answer_unavailable,
-)
+from fanout.bridge.http import HttpExchange, Message, Receive, Send
 from fanout.bridge.lifespan import attach_state, serve_lifespan
+from fanout.bridge.refusals import ambiguous_framing, answer_ambiguous_framing, answer_unavailable
 
 
 class ASGIBridge:

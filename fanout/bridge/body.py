@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import io
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
+from typing import Any, TypeVar
 
 from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 
-from fanout.bridge.greenlets import await_only, in_bridge_greenlet
-from fanout.bridge.serving import run_from_worker
+from fanout.bridge.greenlets import MissingBridgeError, in_bridge_greenlet, run_coroutine
 
 Receive = Callable[[], Awaitable[dict[str, Any]]]
+T = TypeVar("T")
 
 #: How much unread body the pump buffers before it waits for the reader.
 PUMP_HIGH_WATER_BYTES = 256 * 1024
@@ -21,17 +21,27 @@ PUMP_HIGH_WATER_BYTES = 256 * 1024
 class RequestBody(io.RawIOBase):
     """A file-like request body fed chunk by chunk from ASGI ``receive``.
 
-    Reads happen in the request's greenlet. Until :meth:`pump` starts, each
-    missing chunk is received directly; from then on the pump owns
-    ``receive`` (it also hears ``http.disconnect``) and the reader waits for
-    what it feeds. Nothing is buffered far beyond what the reader asked for,
-    and past ``limit`` bytes a read raises 413 before more is taken in.
+    Every read runs on the server loop, one at a time (an asyncio lock):
+    stepped in place from the request's greenlet (no switch unless it
+    waits), handed to the loop from any other thread that holds the request
+    (a def view's worker, ``asyncio.to_thread``, a thread given the request
+    context), so concurrent readers never interleave. Until :meth:`pump`
+    starts, each missing chunk is received directly; from then on the pump
+    owns ``receive`` (it also hears ``http.disconnect``) and the reader
+    waits for what it feeds. Nothing is buffered far beyond what the reader
+    asked for, and past ``limit`` bytes a read raises 413 before more is
+    taken in.
     """
 
-    def __init__(self, receive: Receive, limit: int | None) -> None:
+    def __init__(
+        self, receive: Receive, limit: int | None, loop: asyncio.AbstractEventLoop | None = None
+    ) -> None:
         super().__init__()
         self._receive = receive
         self._limit = limit
+        #: The server loop, where every read runs.
+        self._loop = loop or asyncio.get_running_loop()
+        self._lock = asyncio.Lock()
         self._buffer = bytearray()
         self.received = 0
         self.complete = False
@@ -45,7 +55,6 @@ class RequestBody(io.RawIOBase):
         self._receiving = False
         self._fed: asyncio.Event | None = None
         self._drained: asyncio.Event | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
 
     def readable(self) -> bool:
         """Say that the body can be read (io protocol)."""
@@ -89,24 +98,12 @@ class RequestBody(io.RawIOBase):
             elif not self._discarding:
                 self._buffer += chunk
 
-    def _pull(self) -> bool:
+    async def _pull(self) -> bool:
         """Take in one more chunk; False once the body is complete."""
         self._check()
         if self.complete:
             return False
-        if in_bridge_greenlet():
-            # Set before switching to the loop, where the disconnect watcher
-            # decides whether it may take over receive.
-            self.reading = True
-            try:
-                await_only(self._apull())
-            finally:
-                self.reading = False
-        else:
-            # A plain def view in the thread pool: the read runs on the server
-            # loop. The request's greenlet meanwhile waits for the view, not
-            # for its body, so the watcher may own receive (_apull copes).
-            run_from_worker(self._apull())
+        await self._apull()
         self._check()
         return True
 
@@ -139,13 +136,16 @@ class RequestBody(io.RawIOBase):
         goes over the limit, ClientDisconnected if the client goes away.
         """
         while True:
-            self._check()
-            if self._buffer:
-                yield self._take_buffered()
-            elif self.complete:
-                return
-            else:
-                await self._apull()
+            async with self._lock:
+                self._check()
+                if self._buffer:
+                    chunk = self._take_buffered()
+                elif self.complete:
+                    return
+                else:
+                    await self._apull()
+                    continue
+            yield chunk
 
     def _take_buffered(self) -> bytes:
         data = bytes(self._buffer)
@@ -154,20 +154,10 @@ class RequestBody(io.RawIOBase):
         return data
 
     def _signal_drained(self) -> None:
-        # Tell the pump the reader took what was buffered. A plain def view
-        # reads in a worker thread, and asyncio primitives are not thread-safe
-        # (nor is the loop woken up): from there, hand the set() to the loop.
-        drained, loop = self._drained, self._loop
-        if drained is None or loop is None:
-            return
-        try:
-            on_loop = asyncio.get_running_loop() is loop
-        except RuntimeError:
-            on_loop = False
-        if on_loop:
-            drained.set()
-        else:
-            loop.call_soon_threadsafe(drained.set)
+        # Tell the pump the reader took what was buffered (on the loop thread:
+        # every read runs there).
+        if self._drained is not None:
+            self._drained.set()
 
     async def _wait_for_feed(self, seen: int) -> None:
         assert self._fed is not None and self._drained is not None
@@ -184,7 +174,6 @@ class RequestBody(io.RawIOBase):
 
     async def pump(self) -> None:
         """Own ``receive`` from now on: feed body chunks, return on disconnect."""
-        self._loop = asyncio.get_running_loop()
         self._fed, self._drained = asyncio.Event(), asyncio.Event()
         while self._receiving:
             # A reader still awaits receive itself: two receivers would split
@@ -230,28 +219,57 @@ class RequestBody(io.RawIOBase):
         self._buffer.clear()
         self._signal_drained()
 
-    def _take(self, size: int) -> bytes:
+    async def _take(self, size: int) -> bytes:
         # A reader that stops at exactly the limit (Werkzeug's LimitedStream
         # does) would silently get a truncated body: when the limit is reached
         # and more is announced, look at what follows first (413 if anything).
         while self._limit is not None and self.received >= self._limit and not self.complete:
-            self._pull()
+            await self._pull()
         data = bytes(self._buffer[:size])
-        # Delete what was taken, not ``size``: a def view reads in a worker
-        # thread while the pump may append on the loop thread in between.
+        # Delete what was taken, not ``size``: whatever was appended after
+        # the copy stays for the next read.
         del self._buffer[: len(data)]
         self._signal_drained()
         return data
 
+    async def _read(self, size: int) -> bytes:
+        async with self._lock:
+            if size < 0:
+                while await self._pull():
+                    pass
+                return await self._take(len(self._buffer))
+            while len(self._buffer) < size and await self._pull():
+                pass
+            return await self._take(size)
+
+    async def _readline(self, limit: int | None) -> bytes:
+        async with self._lock:
+            while b"\n" not in self._buffer and (limit is None or len(self._buffer) < limit):
+                if not await self._pull():
+                    break
+            end = self._buffer.find(b"\n") + 1 or len(self._buffer)
+            return await self._take(end if limit is None else min(end, limit))
+
+    def _on_loop(self, work: Coroutine[Any, Any, T]) -> T:
+        """Run a read on the server loop and wait for it, from whichever thread reads."""
+        if in_bridge_greenlet():
+            return run_coroutine(work)
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is not None:
+            # Waiting here would block the very loop the read needs.
+            work.close()
+            raise MissingBridgeError(
+                "the request body was read from async code running outside the request's "
+                "greenlet; read it from the request (or from a thread) instead"
+            )
+        return asyncio.run_coroutine_threadsafe(work, self._loop).result()
+
     def read(self, size: int | None = -1) -> bytes:
         """Read up to ``size`` bytes (all that is left when ``size`` < 0)."""
-        if size is None or size < 0:
-            while self._pull():
-                pass
-            return self._take(len(self._buffer))
-        while len(self._buffer) < size and self._pull():
-            pass
-        return self._take(size)
+        return self._on_loop(self._read(-1 if size is None else size))
 
     def readall(self) -> bytes:
         """Read the rest of the body."""
@@ -267,11 +285,7 @@ class RequestBody(io.RawIOBase):
     def readline(self, size: int | None = -1) -> bytes:
         """Read one line, up to ``size`` bytes."""
         limit = size if size is not None and size >= 0 else None
-        while b"\n" not in self._buffer and (limit is None or len(self._buffer) < limit):
-            if not self._pull():
-                break
-        end = self._buffer.find(b"\n") + 1 or len(self._buffer)
-        return self._take(end if limit is None else min(end, limit))
+        return self._on_loop(self._readline(limit))
 
     def __iter__(self) -> Iterator[bytes]:
         while line := self.readline():

@@ -13,7 +13,6 @@ from collections.abc import (
     Callable,
     Coroutine,
     Generator,
-    Iterable,
     Iterator,
 )
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -21,6 +20,7 @@ from typing import IO, Any, TypeVar
 from urllib.parse import urlsplit
 
 from flask import Flask, Request, Response, request
+from flask.ctx import RequestContext
 from flask.globals import request_ctx
 from flask.typing import ResponseReturnValue
 from flask.views import MethodView
@@ -30,22 +30,26 @@ from werkzeug.routing import RequestRedirect
 from fanout.bridge.body import RequestBody
 from fanout.bridge.greenlets import MissingBridgeError, in_bridge_greenlet, run_coroutine
 from fanout.bridge.http import AT_EXCHANGE_END, SEND_IDLE
-from fanout.bridge.pool import PoolIterator, wait_in_pool
+from fanout.bridge.pool import wait_in_pool
 from fanout.bridge.serving import SERVING_LOOP, run_from_worker, serving_state
 
 T = TypeVar("T")
 LifespanHook = Callable[[Flask], AsyncIterator[None]]
 
-#: Where a served request keeps the context copy its plain def view ran in.
-_SYNC_VIEW_CONTEXT = "bridge.sync_view_context"
+#: Where a served request keeps the request context routed to choose where it runs.
+_ROUTED_CONTEXT = "bridge.routed_context"
+
+#: The app setting (Flask config) that refuses a declared Content-Length over
+#: MAX_CONTENT_LENGTH with 413 before the view runs (True), or only when the
+#: body is read, as plain Flask does (False).
+EARLY_413_SETTING = "REFUSE_OVERSIZED_BODY_EARLY"
 
 
 def iterate_async(source: AsyncIterable[T]) -> Iterator[T]:
     """Iterate an async iterable from sync code in a bridge greenlet (e.g. a streamed body).
 
     Also works in a plain def view's worker thread (each item is awaited on
-    the server loop), but a response body made of it is always iterated
-    inline, in the request's greenlet.
+    the server loop).
     """
     return LoopIterator(source)
 
@@ -200,6 +204,15 @@ class BridgeRequest(Request):
             stream.limit = self.max_content_length
 
 
+class RoutedRequestContext(RequestContext):
+    """A request context whose URL was matched before it was pushed: push does not match again."""
+
+    def match_request(self) -> None:
+        """Match the URL, unless that was done already (by ``BridgeFlask.serves_in_pool``)."""
+        if self.request.url_rule is None and self.request.routing_exception is None:
+            super().match_request()
+
+
 class BridgeFlask(Flask):
     """Flask served by :class:`bridge.ASGIBridge`.
 
@@ -207,10 +220,11 @@ class BridgeFlask(Flask):
       loop: the request's greenlet switches to its asyncio task and back, so
       tasks they create outlive the request and loop-bound resources (one
       ``aiohttp.ClientSession``) can be shared.
-    - Plain ``def`` views run in the bridge's thread pool so a blocking one
-      never stalls the loop, and so does each chunk of the generator such a
-      view may return (in the same context copy); sync hooks and error
-      handlers run inline.
+    - A request whose view is a plain ``def`` runs all of its Flask work
+      (hooks, view, after-request, teardown, the streamed body) in one
+      thread of the bridge's pool, in one copy of the context, as a threaded
+      WSGI server would: a blocking view never stalls the loop. Other
+      requests run their sync hooks and handlers inline, in the greenlet.
     - Outside the served stack (``app.test_client()``, a CLI command) no
       greenlet drives the request: async views then fall back to Flask's
       default, a private event loop per call (asgiref), and sync views run
@@ -270,7 +284,7 @@ class BridgeFlask(Flask):
         scope = request.environ.get("asgi.scope")
         if answer is None and scope is not None:
             check_request_target(scope, request.method)
-        if answer is None:
+        if answer is None and self.config.get(EARLY_413_SETTING, True):
             limit = request.max_content_length
             length = request.content_length
             if limit is not None and length is not None and length > limit:
@@ -278,6 +292,31 @@ class BridgeFlask(Flask):
                     f"The request body ({length} bytes) is larger than the limit of {limit} bytes."
                 )
         return answer
+
+    def serves_in_pool(self, environ: dict[str, Any]) -> bool:
+        """Route a served request; tell whether its view is a plain def (run in the pool).
+
+        The routed context is kept for :meth:`request_context`, so the URL is
+        matched once, as Flask does, only earlier.
+        """
+        context = RoutedRequestContext(self, environ)
+        environ[_ROUTED_CONTEXT] = context
+        if context.url_adapter is None:
+            return False  # a routing error already: answered inline
+        context.match_request()
+        rule = context.request.url_rule
+        if rule is None:
+            return False
+        method = context.request.method
+        if method == "OPTIONS" and getattr(rule, "provide_automatic_options", False):
+            return False
+        view = self.view_functions.get(rule.endpoint)
+        return view is not None and not _is_async_view(view, method)
+
+    def request_context(self, environ: dict[str, Any]) -> RequestContext:
+        """The request context for ``environ`` (the one routed by serves_in_pool, if any)."""
+        routed: RequestContext | None = environ.pop(_ROUTED_CONTEXT, None)
+        return routed if routed is not None else super().request_context(environ)
 
     def handle_http_exception(self, e: HTTPException) -> HTTPException | ResponseReturnValue:
         """Handle an HTTP error; a routing redirect gets a relative Location."""
@@ -296,7 +335,7 @@ class BridgeFlask(Flask):
             return self.make_default_options_response()
         view = self.view_functions[rule.endpoint]
         view_args: dict[str, Any] = req.view_args or {}
-        if _is_async_view(view):
+        if _is_async_view(view, req.method):
             result: ResponseReturnValue = self.ensure_sync(view)(**view_args)
             return result
         return self._run_sync_view(view, view_args)
@@ -306,36 +345,17 @@ class BridgeFlask(Flask):
     ) -> ResponseReturnValue:
         state = serving_state(self)
         if state is None or not in_bridge_greenlet():
+            # Not served, or already in the pool thread running this request.
             inline: ResponseReturnValue = view(**view_args)
             return inline
-        # The worker gets a copy of the request's context: flask.request and
-        # g work there, and g's mutations are seen after (same object), but a
-        # contextvar rebound in the worker does not propagate back.
+        # A def view reached in the greenlet although routing chose the
+        # greenlet (a hook changed the route): still keep it off the loop,
+        # in a copy of the context.
         context = contextvars.copy_context()
         result: ResponseReturnValue = wait_in_pool(
             state, functools.partial(context.run, _call_in_worker, state.loop, view, view_args)
         )
-        # Its streamed body, if any, is produced in the same copy (finalize_request).
-        request_ctx.request.environ[_SYNC_VIEW_CONTEXT] = context
         return result
-
-    def finalize_request(
-        self, rv: ResponseReturnValue | HTTPException, from_error_handler: bool = False
-    ) -> Response:
-        """Make the response; a plain def view's streamed body is then produced in the pool."""
-        response = super().finalize_request(rv, from_error_handler)
-        context = request_ctx.request.environ.pop(_SYNC_VIEW_CONTEXT, None)
-        state = serving_state(self)
-        if (
-            context is not None
-            and state is not None
-            and response.is_streamed
-            # Async iterables are awaited on the loop anyway: no thread hop per item.
-            and not isinstance(response.response, LoopIterator)
-        ):
-            source: Iterable[Any] = response.response
-            response.response = PoolIterator(source, context, state)
-        return response
 
     def make_response(self, rv: ResponseReturnValue) -> Response:
         """Also accept an async generator as a streamed body."""
@@ -347,14 +367,14 @@ class BridgeFlask(Flask):
         return super().make_response(value)
 
 
-def _is_async_view(view: Callable[..., Any]) -> bool:
+def _is_async_view(view: Callable[..., Any], method: str) -> bool:
     if inspect.iscoroutinefunction(view):
         return True
     view_class = getattr(view, "view_class", None)
     if view_class is None:
         return False
     if issubclass(view_class, MethodView):
-        method = request.method.lower()
+        method = method.lower()
         handler = getattr(view_class, method, None)
         if handler is None and method == "head":
             handler = getattr(view_class, "get", None)

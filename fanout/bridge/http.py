@@ -1,19 +1,30 @@
-"""One HTTP request through the bridge: Flask's WSGI call in a greenlet on the loop."""
+"""One HTTP request through the bridge: Flask's WSGI call in a greenlet on the loop.
+
+Or, for a request whose view is a plain ``def``, in one thread of the
+bridge's pool (the greenlet waits for it), so that everything Flask runs for
+it shares one thread and one context, as under a threaded WSGI server.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import json
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from concurrent.futures import Future
 from types import TracebackType
 from typing import Any
 
 from flask import Flask
+from greenlet import GreenletExit
 
 from fanout.bridge.body import RequestBody
 from fanout.bridge.environ import build_environ
-from fanout.bridge.greenlets import await_only, run_in_greenlet
+from fanout.bridge.greenlets import await_only, in_bridge_greenlet, run_in_greenlet
+from fanout.bridge.pool import submit
+from fanout.bridge.serving import SERVING_LOOP, serving_state
 
 logger = logging.getLogger(__name__)
 
@@ -32,77 +43,18 @@ _FAILURE_BODY = json.dumps(
 ).encode()
 
 
-_UNAVAILABLE_BODY = json.dumps(
-    {
-        "type": "about:blank",
-        "title": "Service Unavailable",
-        "status": 503,
-        "detail": "The server is shutting down.",
-    }
-).encode()
+class ExchangeAbandoned(Exception):
+    """The request was cancelled (the client left) while its Flask work ran in a thread."""
 
 
-_AMBIGUOUS_FRAMING_BODY = json.dumps(
-    {
-        "type": "about:blank",
-        "title": "Bad Request",
-        "status": 400,
-        "detail": "Content-Length and Transfer-Encoding together: the body's length is ambiguous.",
-    }
-).encode()
+def must_propagate(error: BaseException) -> bool:
+    """Tell whether an error raised by app code must leave the request (cancellation).
 
-
-async def answer_unavailable(receive: Receive, send: Send) -> None:
-    """Answer 503 problem+json without running the app, and close the connection."""
-    # Another instance, or this one restarted, can take it.
-    await _answer_and_close(receive, send, 503, _UNAVAILABLE_BODY, [(b"retry-after", b"1")])
-
-
-def ambiguous_framing(scope: Message) -> bool:
-    """Tell whether a request has both Content-Length and Transfer-Encoding.
-
-    RFC 9112 6.1: such a request may be an attempt at request smuggling; the
-    server may refuse it and must close the connection after answering. An
-    app reading the body by one framing while a proxy behind it trusts the
-    other would pass a different request on (Hypercorn/h11 accept it, with
-    Transfer-Encoding winning).
+    Anything else, SystemExit and KeyboardInterrupt included, is contained
+    to the request it was raised in: let out, it would stop the event loop
+    and with it every request of the worker.
     """
-    names = {name.lower() for name, _ in scope.get("headers", ())}
-    return b"content-length" in names and b"transfer-encoding" in names
-
-
-async def answer_ambiguous_framing(receive: Receive, send: Send) -> None:
-    """Answer 400 problem+json without running the app, and close the connection."""
-    await _answer_and_close(receive, send, 400, _AMBIGUOUS_FRAMING_BODY, [])
-
-
-async def _answer_and_close(
-    receive: Receive, send: Send, status: int, body: bytes, extra: list[tuple[bytes, bytes]]
-) -> None:
-    # Take the request body in meanwhile: Hypercorn stops reading once its
-    # queue of body chunks is full, and would then never send the answer.
-    drain = asyncio.get_running_loop().create_task(_drain(receive))
-    try:
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [
-                    (b"content-type", b"application/problem+json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"connection", b"close"),
-                    *extra,
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
-    finally:
-        drain.cancel()
-
-
-async def _drain(receive: Receive) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
+    return isinstance(error, asyncio.CancelledError | GreenletExit)
 
 
 #: The environ key of the callbacks to run once the exchange is over (see
@@ -137,8 +89,9 @@ class HttpExchange:
         self._app = app
         self._scope = scope
         self._send = send
+        self._loop = asyncio.get_running_loop()
         # The app's limit; a request may change its own (BridgeRequest).
-        self._body = RequestBody(receive, app.config.get("MAX_CONTENT_LENGTH"))
+        self._body = RequestBody(receive, app.config.get("MAX_CONTENT_LENGTH"), self._loop)
         self._status = 500
         self._headers: list[tuple[bytes, bytes]] = []
         self._length: int | None = None
@@ -150,6 +103,12 @@ class HttpExchange:
         self._task: asyncio.Task[Any] | None = None
         self._at_end: list[Callable[[], object]] = []
         self._environ: dict[str, Any] = {}
+        #: The pool thread's run of this exchange's Flask work (plain def views).
+        self._worker: Future[None] | None = None
+        #: Set once the request was cancelled while its worker still runs.
+        self._abandoned = False
+        #: The last body chunk a worker left for the greenlet to send.
+        self._deferred: bytes | None = None
 
     async def serve(self) -> None:
         """Run the app for this request and send its response."""
@@ -161,7 +120,18 @@ class HttpExchange:
                 self._watch_timer.cancel()
             if self._watcher is not None:
                 self._watcher.cancel()
-            self._run_end_callbacks()
+            worker = self._worker
+            if worker is not None and not worker.done():
+                # Cancelled while a thread runs the Flask work (threads cannot
+                # be interrupted): its next send fails, and what the exchange
+                # holds is freed once that thread is done with it.
+                self._abandoned = True
+                loop = self._loop
+                worker.add_done_callback(
+                    lambda _: loop.is_closed() or loop.call_soon_threadsafe(self._run_end_callbacks)
+                )
+            else:
+                self._run_end_callbacks()
 
     def _run_end_callbacks(self) -> None:
         # However the exchange ended (answered, failed before the response
@@ -170,7 +140,9 @@ class HttpExchange:
         for callback in self._at_end:
             try:
                 callback()
-            except Exception:
+            except BaseException as error:
+                if must_propagate(error):
+                    raise
                 logger.exception("a callback at the end of the exchange failed")
 
     def _before_await(self) -> None:
@@ -208,31 +180,72 @@ class HttpExchange:
         )
         self._task.cancel()
 
-    # Everything below runs in the request's greenlet.
+    # Everything below runs in the request's greenlet, or in the pool thread
+    # that runs a plain def view's request (see _run).
 
     def _run(self) -> None:
         environ = build_environ(self._scope, self._body)
         environ[AT_EXCHANGE_END] = self._at_end
         self._environ = environ
+        state = serving_state(self._app)
+        if state is None or not _serves_in_pool(self._app, environ):
+            self._respond(environ)
+            return
+        # A plain def view: hooks, view, after-request, teardown and the
+        # response body all run in one pool thread, in one copy of this
+        # context (a contextvar or thread-local set in one is seen by the
+        # others), and the loop serves other requests meanwhile.
+        context = contextvars.copy_context()
+        self._worker = submit(
+            state, functools.partial(context.run, self._respond_in_worker, environ)
+        )
+        await_only(asyncio.wrap_future(self._worker, loop=self._loop))
+        if self._deferred is not None:
+            self._send_chunk(self._deferred, final=True)
+
+    def _respond_in_worker(self, environ: dict[str, Any]) -> None:
+        # Async code the view calls (Flask's async_to_sync, iterate_async) runs on the server loop.
+        SERVING_LOOP.set(self._loop)
+        self._respond(environ)
+
+    def _respond(self, environ: dict[str, Any]) -> None:
         try:
             app_iter = self._app(environ, self._start_response)
-        except Exception:
-            # Flask turns view errors into responses itself; this is an error
-            # outside it (WSGI middleware). Answer 500 without details.
-            logger.exception("unhandled error in the WSGI app")
+        except BaseException as error:
+            if must_propagate(error):
+                raise
+            # Flask turns a view's Exception into a response itself: this is
+            # one it lets through (SystemExit from a view, an error in WSGI
+            # middleware). Contained: 500 without details.
+            logger.exception("unhandled error in the app; answering 500")
             self._send_failure()
             return
         try:
             self._send_iterable(app_iter)
-        except Exception:
+        except ExchangeAbandoned:
+            logger.info("client gone; stopped producing the response")
+        except BaseException as error:
+            if must_propagate(error):
+                raise
             logger.exception("error while producing the response body")
             if self._started:
-                raise  # the server aborts the connection: the body is truncated
+                # The server aborts the connection: the body is truncated.
+                # Never the error itself: SystemExit would stop the worker.
+                raise RuntimeError("the response body failed after it started") from error
             self._send_failure()
         finally:
-            close = getattr(app_iter, "close", None)
-            if close is not None:
-                close()
+            self._close(app_iter)
+
+    def _close(self, app_iter: Iterable[bytes]) -> None:
+        close = getattr(app_iter, "close", None)
+        if close is None:
+            return
+        try:
+            close()
+        except BaseException as error:
+            if must_propagate(error):
+                raise
+            logger.exception("closing the response failed")
 
     def _start_response(
         self,
@@ -270,8 +283,26 @@ class HttpExchange:
         self._send_chunk(b"", final=True)
 
     def _send_chunk(self, chunk: bytes, final: bool) -> None:
+        if in_bridge_greenlet():
+            # Set before switching to the loop: a final send arms no watch timer.
+            self._finishing = final
+            await_only(self._deliver(chunk, final))
+        elif final:
+            # In the pool thread: the greenlet sends the last message once
+            # the thread is done, so a buffered answer costs one hand-off to
+            # the pool and back.
+            self._deferred = chunk
+        else:
+            self._from_worker(self._deliver(chunk, final))
+
+    def _from_worker(self, work: Coroutine[Any, Any, None]) -> None:
+        if self._abandoned:
+            work.close()
+            raise ExchangeAbandoned
+        asyncio.run_coroutine_threadsafe(work, self._loop).result()
+
+    async def _deliver(self, chunk: bytes, final: bool) -> None:
         body: Message = {"type": "http.response.body", "body": chunk, "more_body": not final}
-        self._finishing = final
         if final and not self._body.complete:
             # The app answered without reading all of the body. Hypercorn
             # stops reading the connection once its queue of body chunks is
@@ -279,9 +310,9 @@ class HttpExchange:
             # sending, dropping it.
             self._body.discard()
             if self._watcher is None:
-                self._watcher = asyncio.get_running_loop().create_task(self._watch_disconnect())
+                self._watcher = self._loop.create_task(self._watch_disconnect())
         if self._started:
-            await_only(self._send_within(body))
+            await self._send_within(body)
         else:
             self._started = True
             start: Message = {
@@ -289,8 +320,7 @@ class HttpExchange:
                 "status": self._status,
                 "headers": self._headers,
             }
-            # One switch to the loop for both messages of a buffered response.
-            await_only(self._send_within(start, body))
+            await self._send_within(start, body)
         if final and self._watcher is not None:
             # The response is out: nothing is left for a disconnect to cancel,
             # and the body is drained (the server took the last message).
@@ -315,3 +345,9 @@ class HttpExchange:
             (b"content-length", str(len(_FAILURE_BODY)).encode()),
         ]
         self._send_chunk(_FAILURE_BODY, final=True)
+
+
+def _serves_in_pool(app: Flask, environ: dict[str, Any]) -> bool:
+    # BridgeFlask knows (it routes the request); any other app runs inline.
+    decide: Callable[[dict[str, Any]], bool] | None = getattr(app, "serves_in_pool", None)
+    return decide is not None and decide(environ)

@@ -392,7 +392,9 @@ class JobRegistry:
         except StaleRecord:
             # Cancelled or interrupted by another worker meanwhile: nothing to record.
             logger.info("job %s changed elsewhere; stopping", record.id)
-        except Exception as exc:
+        except BaseException as exc:  # cancellation is handled above
+            # SystemExit or KeyboardInterrupt from a job's code too: let out of
+            # the task, it would stop the event loop and every job and request.
             logger.exception("job %s (%s) failed", record.id, record.kind)
             await self._failed(
                 record,
@@ -654,7 +656,7 @@ def _unwrap(group: ExceptionGroup[Exception]) -> Exception:
     return group
 
 
-def _error_name(error: Exception) -> str:
+def _error_name(error: BaseException) -> str:
     # A TaskGroup's ExceptionGroup says nothing: name what its first task raised.
     if isinstance(error, BaseExceptionGroup):
         return type(_first(error)).__name__

@@ -18,6 +18,10 @@ DEFAULTS: Mapping[str, Any] = MappingProxyType(
         "CONFIG": "gateway.toml",
         # Request bodies larger than this get 413 (Flask's own setting name).
         "MAX_CONTENT_LENGTH": 1_048_576,
+        # A declared Content-Length over MAX_CONTENT_LENGTH gets 413 before
+        # the view runs, on every route (true), or only once something reads
+        # the body, as plain Flask does (false).
+        "REFUSE_OVERSIZED_BODY_EARLY": True,
         # Threads for plain def views in each worker process.
         "SYNC_THREADS": 64,
         # The shared aiohttp connector: connections in all and per host.
@@ -93,7 +97,8 @@ def load_settings(
 
 def _check_type(key: str, value: Any, default: Any) -> None:
     expected: tuple[type, ...] = (int, float) if isinstance(default, float) else (type(default),)
-    if isinstance(value, bool) or not isinstance(value, expected):
+    # bool is an int to isinstance: only a bool setting takes true/false.
+    if isinstance(value, bool) != isinstance(default, bool) or not isinstance(value, expected):
         raise SettingsError(
             f"setting {key} (env {ENV_PREFIX}_{key}) must be {expected[0].__name__}, got {value!r}"
         )
