@@ -215,6 +215,30 @@ async def test_body_over_the_limit_gets_413_problem_json(served: Served) -> None
         assert problem["status"] == 413 and problem["title"] == "Request Entity Too Large"
 
 
+async def test_with_the_early_413_off_only_a_route_that_reads_the_body_refuses_it(
+    upstream: FakeUpstream,
+) -> None:
+    # Plain Flask's rule: the limit applies when the body is read.
+    app = mount_probes(create_app({"REFUSE_OVERSIZED_BODY_EARLY": False}), upstream.url)
+    limit = app.config["MAX_CONTENT_LENGTH"]
+    too_big = b"x" * (limit + 1)
+    async with hypercorn_serving(ASGIBridge(app)) as url:
+        head, _ = await _raw_exchange(
+            url,
+            f"POST /healthz HTTP/1.1\r\nHost: t\r\nContent-Length: {len(too_big)}\r\n\r\n",
+            too_big,
+        )
+        # Its own answer (GET only), not 413: nothing read the body.
+        assert head.startswith("HTTP/1.1 405"), head
+        head, body = await _raw_exchange(
+            url,
+            f"POST /probe/body-size HTTP/1.1\r\nHost: t\r\nContent-Length: {len(too_big)}\r\n\r\n",
+            too_big,
+        )
+        assert head.startswith("HTTP/1.1 413"), head
+        assert json.loads(body)["status"] == 413
+
+
 async def _raw_exchange(url: str, request_head: str, body: bytes = b"") -> tuple[str, bytes]:
     host, port = url.removeprefix("http://").split(":")
     reader, writer = await asyncio.open_connection(host, int(port))
