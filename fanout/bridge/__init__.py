@@ -12,6 +12,7 @@ from fanout.bridge.flask_app import (
     limit_send_idle,
     request_body_chunks,
     request_body_over_limit,
+    request_received_at,
 )
 from fanout.bridge.greenlets import MissingBridgeError, await_only, in_bridge_greenlet
 from fanout.bridge.serving import is_ready, serving_state
@@ -28,5 +29,6 @@ __all__ = [
     "limit_send_idle",
     "request_body_chunks",
     "request_body_over_limit",
+    "request_received_at",
     "serving_state",
 ]

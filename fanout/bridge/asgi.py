@@ -45,7 +45,8 @@ class ASGIBridge:
 
     async def _http(self, scope: Message, receive: Receive, send: Send) -> None:
         app = self.flask_app
-        if attach_state(app) is None:
+        state = attach_state(app)
+        if state is None:
             # After lifespan shutdown (a connection outliving the server's
             # grace period): the app's resources are closed, it cannot serve.
             await answer_unavailable(receive, send)
@@ -53,4 +54,8 @@ class ASGIBridge:
         if ambiguous_framing(scope):
             await answer_ambiguous_framing(receive, send)
             return
-        await HttpExchange(app, scope, receive, send).serve()
+        state.exchanges += 1
+        try:
+            await HttpExchange(app, scope, receive, send).serve()
+        finally:
+            state.exchanges -= 1

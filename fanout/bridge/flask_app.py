@@ -6,6 +6,7 @@ import asyncio
 import contextvars
 import functools
 import inspect
+import time
 from collections.abc import (
     AsyncIterable,
     AsyncIterator,
@@ -29,7 +30,7 @@ from werkzeug.routing import RequestRedirect
 
 from fanout.bridge.body import RequestBody
 from fanout.bridge.greenlets import MissingBridgeError, in_bridge_greenlet, run_coroutine
-from fanout.bridge.http import AT_EXCHANGE_END, SEND_IDLE
+from fanout.bridge.http import AT_EXCHANGE_END, RECEIVED_AT, SEND_IDLE
 from fanout.bridge.pool import wait_in_pool
 from fanout.bridge.serving import SERVING_LOOP, run_from_worker, serving_state
 
@@ -133,6 +134,16 @@ def limit_send_idle(seconds: float) -> None:
     it for as long as it stays connected. No effect outside the served stack.
     """
     request.environ[SEND_IDLE] = seconds
+
+
+def request_received_at() -> float:
+    """The ``time.perf_counter()`` at which the current request arrived.
+
+    Earlier than the first hook for a plain def view's request that waited
+    for a thread; outside the served stack, now.
+    """
+    received: float | None = request.environ.get(RECEIVED_AT)
+    return received if received is not None else time.perf_counter()
 
 
 def request_body_over_limit() -> bool:

@@ -12,6 +12,7 @@ import contextvars
 import functools
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from concurrent.futures import Future
 from types import TracebackType
@@ -61,6 +62,10 @@ def must_propagate(error: BaseException) -> bool:
 #: ``bridge.call_when_exchange_ends``).
 AT_EXCHANGE_END = "bridge.at_exchange_end"
 
+#: The environ key of the ``time.perf_counter()`` at which the request
+#: arrived: a def view's request may wait for a thread before Flask sees it.
+RECEIVED_AT = "bridge.received_at"
+
 #: The environ key of the most seconds each response message may wait for
 #: the client to take it (see ``bridge.limit_send_idle``).
 SEND_IDLE = "bridge.send_idle_seconds"
@@ -90,6 +95,7 @@ class HttpExchange:
         self._scope = scope
         self._send = send
         self._loop = asyncio.get_running_loop()
+        self._received_at = time.perf_counter()
         # The app's limit; a request may change its own (BridgeRequest).
         self._body = RequestBody(receive, app.config.get("MAX_CONTENT_LENGTH"), self._loop)
         self._status = 500
@@ -186,6 +192,7 @@ class HttpExchange:
     def _run(self) -> None:
         environ = build_environ(self._scope, self._body)
         environ[AT_EXCHANGE_END] = self._at_end
+        environ[RECEIVED_AT] = self._received_at
         self._environ = environ
         state = serving_state(self._app)
         if state is None or not _serves_in_pool(self._app, environ):

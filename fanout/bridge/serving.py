@@ -35,8 +35,12 @@ class ServingState:
     resources: AsyncExitStack = field(default_factory=AsyncExitStack)
     #: True once lifespan startup completed, False again from shutdown on.
     ready: bool = False
-    #: Plain def views running in the pool now (counted on the loop thread).
+    #: Plain def views' requests in the pool now, running or waiting for a
+    #: thread (counted on the loop thread).
     sync_running: int = 0
+    #: HTTP requests being served now, from arrival to the end of the
+    #: exchange, whether they run or wait for a thread (loop thread).
+    exchanges: int = 0
 
 
 def serving_state(app: Flask) -> ServingState | None:

@@ -34,7 +34,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.registry import Collector
 
-from fanout.bridge import BridgeFlask, serving_state
+from fanout.bridge import BridgeFlask, request_received_at, serving_state
 from fanout.bridge.serving import ServingState
 from fanout.core.circuit import CircuitState
 from fanout.jobs.model import JobStatus
@@ -98,7 +98,10 @@ class Metrics:
             self.jobs_finished.labels(kind, str(after)).inc()
 
     def observe_bridge(self, state: ServingState, threads: int) -> None:
-        """Record the thread pool of plain def views: its size, what runs and what waits."""
+        """Record requests in flight and the def views' pool: its size, what runs, what waits."""
+        # Counted by the bridge from arrival, so a request waiting for a
+        # thread (before any hook of its ran) is in flight too.
+        self.in_flight.set(state.exchanges)
         # The bridge counts a view from its hand-off to the pool until it
         # returns: beyond the pool's size, the rest wait in its queue.
         running = min(state.sync_running, threads)
@@ -203,8 +206,8 @@ def _route() -> str:
 
 
 def _begin() -> None:
-    g.metrics_started = time.perf_counter()
-    metrics_of_request().in_flight.inc()
+    # From arrival: a def view's request may have waited for a thread.
+    g.metrics_started = request_received_at()
 
 
 def _end(response: Response) -> Response:
@@ -215,11 +218,6 @@ def _end(response: Response) -> Response:
     if started is not None:
         found.child(found.request_seconds, route, method).observe(time.perf_counter() - started)
     return response
-
-
-def _leave(_error: BaseException | None) -> None:
-    if g.get("metrics_started") is not None:
-        metrics_of_request().in_flight.dec()
 
 
 def metrics_of_request() -> Metrics:
@@ -365,6 +363,5 @@ def install_metrics(app: BridgeFlask) -> Metrics:
     # that an earlier hook answers (auth's 401) is timed and in flight too.
     app.before_request_funcs.setdefault(None, []).insert(0, _begin)
     app.after_request(_end)
-    app.teardown_request(_leave)
     app.while_serving(_sampling)
     return found
