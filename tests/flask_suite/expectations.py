@@ -14,8 +14,9 @@ RUNS = ("plain", "class", "served")
 #: How each run is named in its summary line.
 TITLES = {"plain": "plain flask", "class": "bridge class", "served": "bridge served"}
 
-#: The outcomes the plugin records for a test (or a module that failed to import).
-PASSED, FAILED, SKIPPED = "passed", "failed", "skipped"
+#: The outcomes the plugin records for a test (or a module that failed to import);
+#: CRASHED: the server's loop died during the test, which no entry can excuse.
+PASSED, FAILED, SKIPPED, CRASHED = "passed", "failed", "skipped", "crashed"
 
 
 class ExpectationsError(ValueError):
@@ -38,6 +39,8 @@ class Comparison:
     skipped: list[str] = field(default_factory=list)
     expected_failures: list[str] = field(default_factory=list)
     unexpected_failures: list[str] = field(default_factory=list)
+    #: Tests during which the server's loop died (also unexpected failures).
+    crashed: list[str] = field(default_factory=list)
     #: Listed tests that did not fail, with what happened to them instead.
     stale: dict[str, str] = field(default_factory=dict)
 
@@ -57,7 +60,15 @@ class Comparison:
 
     def details(self) -> list[str]:
         """The lines naming what is wrong (unexpected failures, stale entries)."""
-        lines = [f"  unexpected failure: {node}" for node in self.unexpected_failures]
+        lines = [
+            f"  unexpected failure: {node}"
+            + (
+                " (the server's loop died: an exception escaped the bridge)"
+                if node in self.crashed
+                else ""
+            )
+            for node in self.unexpected_failures
+        ]
         lines += [
             f"  stale entry in expected_failures.toml [{self.run}]: {node} ({what})"
             for node, what in self.stale.items()
@@ -117,6 +128,9 @@ def compare(run: str, outcomes: Mapping[str, str], expected: Expected) -> Compar
             result.skipped.append(node)
             if listed:
                 result.stale[node] = "now skipped"
+        elif outcome == CRASHED:
+            result.unexpected_failures.append(node)
+            result.crashed.append(node)
         elif listed:
             result.expected_failures.append(node)
         else:

@@ -29,7 +29,7 @@ import _pytest.monkeypatch
 import pytest
 from _pytest.compat import NOTSET
 
-from tests.flask_suite.expectations import FAILED, PASSED, SKIPPED
+from tests.flask_suite.expectations import CRASHED, FAILED, PASSED, SKIPPED
 
 MODES = ("plain", "class", "served")
 
@@ -59,6 +59,8 @@ class FlaskSuitePlugin:
         self._patch = pytest.MonkeyPatch()
         self._outcomes: dict[str, str] = {}
         self._skips: dict[str, str] = {}
+        #: Tests during which the server's loop died, with what killed it.
+        self._crashes: dict[str, str] = {}
         self._served: Any = None
         self._added_notset = False
 
@@ -113,11 +115,14 @@ class FlaskSuitePlugin:
         self._patch.setattr(werkzeug.test.Client, "run_wsgi_app", run_wsgi_app)
 
     @pytest.hookimpl(wrapper=True)
-    def pytest_runtest_teardown(self) -> Generator[None, object, object]:
+    def pytest_runtest_teardown(self, item: pytest.Item) -> Generator[None, object, object]:
         """After the test's own teardown, shut down the lifespans of the apps it served."""
         result = yield
         if self._served is not None:
-            self._served.end_test()
+            died_of = self._served.end_test()
+            if died_of is not None:
+                # Never an expected failure: a server process would have ended.
+                self._crashes[item.nodeid] = repr(died_of)
         return result
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
@@ -139,7 +144,14 @@ class FlaskSuitePlugin:
     def pytest_sessionfinish(self) -> None:
         """Write the outcomes for the runner."""
         if self._outcomes_path is not None:
-            record = {"mode": self.mode, "outcomes": self._outcomes, "skips": self._skips}
+            outcomes = {**self._outcomes, **dict.fromkeys(self._crashes, CRASHED)}
+            record = {
+                "mode": self.mode,
+                "outcomes": outcomes,
+                "skips": self._skips,
+                "crashes": self._crashes,
+                "served": self._served.counts if self._served is not None else None,
+            }
             Path(self._outcomes_path).write_text(json.dumps(record, indent=1))
 
     def pytest_unconfigure(self) -> None:

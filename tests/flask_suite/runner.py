@@ -63,6 +63,8 @@ class RunResult:
     run: str
     outcomes: dict[str, str]
     skips: dict[str, str]
+    #: In the served run: requests served through ASGIBridge, apps, apps not BridgeFlask.
+    served: dict[str, int] | None
     output: str
     seconds: float
 
@@ -119,7 +121,11 @@ def run_suite(sdist: Path, run: str, scratch: Path) -> RunResult:
     record = json.loads(outcomes_file.read_text())
     if not record["outcomes"]:
         raise RunError(f"{run}: no test ran\n{output}")
-    return RunResult(run, record["outcomes"], record["skips"], output, seconds)
+    served = record["served"]
+    if run == "served" and (served is None or not served["requests"]):
+        # The served run's patch of the test client no longer takes effect.
+        raise RunError(f"{run}: no request was served through ASGIBridge\n{output}")
+    return RunResult(run, record["outcomes"], record["skips"], served, output, seconds)
 
 
 def report(result: RunResult, comparison: Comparison) -> list[str]:
@@ -134,7 +140,9 @@ def own_failures(result: RunResult, expected: dict[str, Expected]) -> list[str]:
     index = RUNS.index(result.run)
     earlier = expected[RUNS[index - 1]].reasons if index else {}
     return sorted(
-        node for node, outcome in result.outcomes.items() if outcome == FAILED and node not in earlier
+        node
+        for node, outcome in result.outcomes.items()
+        if outcome == FAILED and node not in earlier
     )
 
 
@@ -177,6 +185,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 logger.error("%s", exc)
                 return 2
             logger.info("%s run: %.1f s", run, result.seconds)
+            if result.served is not None:
+                logger.info(
+                    "%s run: %d requests served through ASGIBridge, to %d apps "
+                    "(%d of them not BridgeFlask)",
+                    run,
+                    result.served["requests"],
+                    result.served["apps"],
+                    result.served["apps_not_bridge_flask"],
+                )
             comparison = compare(run, result.outcomes, expected[run])
             lines = report(result, comparison)
             summaries.append(comparison.summary())

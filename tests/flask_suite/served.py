@@ -28,7 +28,7 @@ from urllib.parse import quote
 
 from flask import Flask
 
-from fanout.bridge import ASGIBridge
+from fanout.bridge import ASGIBridge, BridgeFlask
 
 logger = logging.getLogger(__name__)
 
@@ -262,6 +262,8 @@ class ServedApps:
         self._server = ServerThread()
         self._server.start()
         self._served: list[tuple[Flask, ASGIBridge, Lifespan]] = []
+        #: What was served, for the run's report: requests, apps, apps not BridgeFlask.
+        self.counts = {"requests": 0, "apps": 0, "apps_not_bridge_flask": 0}
 
     def bridge_for(self, app: Flask) -> ASGIBridge:
         """The app's bridge, its lifespan started on first use."""
@@ -272,18 +274,26 @@ class ServedApps:
         lifespan = Lifespan(bridge)
         self._server.call(lifespan.startup)
         self._served.append((app, bridge, lifespan))
+        self.counts["apps"] += 1
+        self.counts["apps_not_bridge_flask"] += not isinstance(app, BridgeFlask)
         return bridge
 
-    def end_test(self) -> None:
-        """Shut down the lifespan of every app served in the test (or replace a dead server)."""
+    def end_test(self) -> BaseException | None:
+        """Shut down the lifespan of every app served in the test.
+
+        Return what killed the server's loop if it died during the test; it
+        is then replaced by a new one.
+        """
         served, self._served = self._served, []
         if not self._server.alive:
+            died_of = self._server.died_of
             self._server.stop()
             self._server = ServerThread()
             self._server.start()
-            return
+            return died_of
         for _, _, lifespan in served:
             self._server.call(lifespan.shutdown)
+        return None
 
     def close(self) -> None:
         """Stop the server."""
@@ -295,6 +305,7 @@ class ServedApps:
         def served(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
             bridge = self.bridge_for(app)
             scope, body = scope_of(environ), request_body(environ)
+            self.counts["requests"] += 1
             answer: Answer = self._server.call(lambda: _exchange(bridge, scope, body))
             if answer.status is None:
                 raise ServerError(f"{scope['method']} {scope['path']}: no response was started")
