@@ -19,6 +19,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -135,6 +136,24 @@ def report(result: RunResult, comparison: Comparison) -> list[str]:
     return lines
 
 
+def failure_sections(output: str, nodes: list[str]) -> list[str]:
+    """pytest's report of each of ``nodes`` (its FAILURES/ERRORS section), cut from ``output``."""
+    # A section opens with "____ head ____", head being the test's name past
+    # the module ("Class.test[param]"), and runs to the next rule of "_" or "=".
+    wanted = {node.split("::", 1)[-1].replace("::", ".") for node in nodes}
+    sections: list[str] = []
+    keep = False
+    for line in output.splitlines():
+        rule = re.fullmatch(r"_{3,} (.+?) _{3,}", line)
+        if rule is not None:
+            keep = rule.group(1) in wanted
+        elif re.fullmatch(r"={3,}.*={3,}", line):
+            keep = False
+        if keep:
+            sections.append(line)
+    return sections
+
+
 def own_failures(result: RunResult, expected: dict[str, Expected]) -> list[str]:
     """The run's failures not already expected of an earlier run."""
     index = RUNS.index(result.run)
@@ -201,7 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not comparison.ok:
                 ok = False
                 if not args.show_output:
-                    _say([f"--- pytest output of the {run} run ---", result.output])
+                    _say(failure_sections(result.output, comparison.unexpected_failures))
             if args.show_output:
                 _say([result.output])
             if args.print_failures:
