@@ -23,13 +23,16 @@ import sys
 from collections.abc import Generator
 from importlib.machinery import ModuleSpec
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import _pytest.monkeypatch
 import pytest
 from _pytest.compat import NOTSET
 
 from tests.flask_suite.expectations import CRASHED, FAILED, PASSED, SKIPPED
+
+if TYPE_CHECKING:
+    from tests.flask_suite.served import ServedApps
 
 MODES = ("plain", "class", "served")
 
@@ -61,11 +64,13 @@ class FlaskSuitePlugin:
         self._skips: dict[str, str] = {}
         #: Tests during which the server's loop died, with what killed it.
         self._crashes: dict[str, str] = {}
-        self._served: Any = None
+        self._served: ServedApps | None = None
         self._added_notset = False
 
     def install(self) -> None:
         """Apply the shims and, per mode, swap the class and serve the test client."""
+        # The bridge is imported only by the modes that use it: the plain run
+        # is Flask as installed, nothing of Fanout's but the two shims.
         if not hasattr(_pytest.monkeypatch, "notset"):
             # Not through MonkeyPatch.setattr: it takes NOTSET as "no value given".
             _pytest.monkeypatch.notset = NOTSET  # type: ignore[attr-defined]
