@@ -19,7 +19,9 @@ import aiohttp
 import pytest
 
 from tests.fault_upstream import FaultUpstream
+from tests.processes import ROOT
 from tests.supervised import (
+    FANOUT,
     Line,
     base_env,
     gateway_text,
@@ -310,10 +312,10 @@ async def test_sighup_reloads_without_a_failed_request_and_keeps_serving_on_a_ba
             assert response.status == 200
         # The other new worker, told to stop, exits too; the old ones stay.
         for _ in range(500):
-            if supervised.workers() == new:
+            if sorted(supervised.workers()) == sorted(new):
                 break
             await asyncio.sleep(0.02)
-        assert supervised.workers() == new
+        assert sorted(supervised.workers()) == sorted(new)
         await asyncio.sleep(0.5)  # more requests after the failed reload
     finally:
         stop.set()
@@ -323,3 +325,50 @@ async def test_sighup_reloads_without_a_failed_request_and_keeps_serving_on_a_ba
     logger.info("steady load through 3 reloads: %d requests, %d failed", len(outcomes), len(failed))
     assert len(outcomes) > 100 and not failed, failed
     assert supervised.process.returncode == 0
+
+
+#: An [app] module that hangs at import in a worker (not in the supervisor's check).
+HANGS_IN_WORKERS = """
+import os
+import time
+
+from flask import Blueprint
+
+blueprint = Blueprint("hangs", __name__)
+if os.environ.get("FANOUT_WORKER_ID"):
+    time.sleep(60)
+"""
+
+
+@pytest.mark.timeout(60)
+async def test_a_worker_not_ready_within_startup_timeout_fails_the_start(tmp_path: Path) -> None:
+    (tmp_path / "hangs.py").write_text(HANGS_IN_WORKERS)
+    (tmp_path / "gateway.toml").write_text('[app]\nblueprints = ["hangs:blueprint"]\n')
+    hypercorn = (
+        (ROOT / "hypercorn.toml")
+        .read_text()
+        .replace("startup_timeout = 30.0", "startup_timeout = 2.0")
+    )
+    assert "startup_timeout = 2.0" in hypercorn
+    (tmp_path / "hypercorn.toml").write_text(hypercorn)
+    started = time.monotonic()
+    process = await asyncio.create_subprocess_exec(
+        str(FANOUT),
+        "--no-demo",
+        "--workers",
+        "2",
+        "--bind",
+        "127.0.0.1:0",
+        cwd=tmp_path,
+        env=base_env(tmp_path),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, stderr = await asyncio.wait_for(process.communicate(), 30)
+    took = time.monotonic() - started
+    assert process.returncode == 1
+    plain = [line for line in stderr.decode().splitlines() if not line.startswith("{")]
+    assert len(plain) == 1 and plain[0].startswith("fanout: worker "), plain
+    assert plain[0].endswith("did not start within 2 s")
+    # Within startup_timeout, and the workers told to stop (then killed) a few seconds after.
+    assert took < 2.0 + 8.0, took

@@ -224,10 +224,14 @@ class Supervisor:
         except (EOFError, OSError):
             self._selector.unregister(worker.control.fileno())
             return
+        self._handle(worker, message)
+
+    def _handle(self, worker: Worker, message: tuple[str, ...]) -> None:
         if message[0] == READY:
             self._ready(worker)
         elif message[0] == FAILED:
-            worker.failure = message[1]
+            # The first reason is the root one (the app's, before Hypercorn's wrapping).
+            worker.failure = worker.failure or message[1]
         elif message[0] == STOP:
             # The worker got SIGTERM or SIGINT itself: the whole server stops.
             self._stop(f"{message[1]} to worker {worker.pid}")
@@ -247,18 +251,19 @@ class Supervisor:
 
     def _exited(self, worker: Worker) -> None:
         code = worker.process.wait()
-        # A message sent just before exiting (why startup failed) is still to be read.
-        while worker.failure is None and self._readable(worker.control):
+        # Messages sent just before exiting (ready, why startup failed) are still to be read.
+        while self._readable(worker.control):
             try:
                 message = worker.control.recv()
             except (EOFError, OSError):
                 break
-            if message[0] == FAILED:
-                worker.failure = message[1]
+            if message[0] != STOP:
+                self._handle(worker, message)
         was_incoming = worker in self.incoming
         self._forget(worker)
         how = _exit_description(code)
-        if code != 0:
+        if code != 0 and worker.ready:
+            # Only a worker that served can have taken jobs.
             marked = interrupt_jobs_of(self.store, [worker.worker_id])
             if marked:
                 logger.warning("worker %d: %d of its jobs marked interrupted", worker.pid, marked)
@@ -277,7 +282,9 @@ class Supervisor:
         if self.phase is Phase.STARTING:
             raise StartupFailed(f"worker {worker.pid} did not start: {reason}")
         if worker.ready:
-            logger.error("worker %d died (%s); starting another", worker.pid, how)
+            # Exit code 0 unasked: Hypercorn's max_requests recycled it.
+            level = logging.INFO if code == 0 else logging.ERROR
+            logger.log(level, "worker %d exited (%s); starting another", worker.pid, how)
             self.failures_in_a_row = 0
         else:
             self.failures_in_a_row += 1
@@ -302,10 +309,7 @@ class Supervisor:
             self.incoming.remove(worker)
 
     def _schedule_respawn(self) -> None:
-        delay = 0.0
-        if self.failures_in_a_row:
-            delay = min(BACKOFF_SECONDS * 2 ** (self.failures_in_a_row - 1), MAX_BACKOFF_SECONDS)
-        at = time.monotonic() + delay
+        at = time.monotonic() + backoff_seconds(self.failures_in_a_row)
         self.respawn_at = at if self.respawn_at is None else min(self.respawn_at, at)
 
     def _respawn(self) -> None:
@@ -379,13 +383,18 @@ class Supervisor:
         for worker in everyone:
             worker.process.wait()
             self._forget(worker)
-        if everyone:
-            interrupt_jobs_of(self.store, [worker.worker_id for worker in everyone])
+        served = [worker.worker_id for worker in everyone if worker.ready]
+        if served:
+            interrupt_jobs_of(self.store, served)
 
     def abort(self, reason: str) -> None:
-        """Stop every worker after a failed startup (asked, then killed)."""
+        """Stop every worker after a failed startup: killed if not serving yet, else asked."""
         for worker in self.workers:
-            self._ask_to_stop(worker)
+            if worker.ready:
+                self._ask_to_stop(worker)
+            elif worker.process.poll() is None:
+                # It has no request nor job yet, and may be stuck starting.
+                worker.process.kill()
         deadline = time.monotonic() + ABORT_SECONDS
         for worker in list(self.workers):
             try:
@@ -458,6 +467,13 @@ class Supervisor:
             return control.poll(0)
         except (EOFError, OSError):
             return False
+
+
+def backoff_seconds(failures_in_a_row: int) -> float:
+    """How long to wait before replacing a worker, after this many failed startups in a row."""
+    if failures_in_a_row <= 0:
+        return 0.0
+    return float(min(BACKOFF_SECONDS * 2 ** (failures_in_a_row - 1), MAX_BACKOFF_SECONDS))
 
 
 def _noted(_signum: int, _frame: FrameType | None) -> None:

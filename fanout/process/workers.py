@@ -24,7 +24,7 @@ from hypercorn.app_wrappers import ASGIWrapper
 from hypercorn.asyncio import serve
 from hypercorn.config import Config
 from hypercorn.typing import ASGIFramework, ASGIReceiveCallable, ASGISendCallable, Scope
-from hypercorn.utils import NoAppError, load_application
+from hypercorn.utils import LifespanFailureError, NoAppError, load_application
 
 from fanout.process.control import (
     EXIT_IMMEDIATE,
@@ -158,17 +158,23 @@ def main(argv: list[str]) -> int:
     control = Connection(int(argv[1]))
     spec: WorkerSpec = control.recv()
     config = worker_config(spec)
+    # Hypercorn applies its logconfig_dict on first use: use it now, so that
+    # the app's lines at startup are formatted as all later ones are.
+    config.log  # noqa: B018 - the property configures logging
     try:
         with asyncio.Runner(loop_factory=_loop_factory(config)) as runner:
             runner.run(_serve(config, control))
+    except LifespanFailureError as exc:
+        # The app logged why, with its traceback, and the supervisor was told.
+        logger.error("worker did not start: %s", exc)
+        return EXIT_STARTUP_FAILED
     except Exception as exc:
-        # A failed lifespan startup was reported with its reason (and logged
-        # by the app); anything else (the app cannot be imported) is told here.
+        # The app cannot be imported, or another reason not told yet.
         reason = f"{type(exc).__name__}: {exc}"
         # The supervisor may be gone; the log line below says why anyway.
         with contextlib.suppress(OSError):
             control.send((FAILED, reason))
-        logger.exception("worker failed: %s", reason)
+        logger.exception("worker did not start: %s", reason)
         return EXIT_STARTUP_FAILED
     return 0
 
