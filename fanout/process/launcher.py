@@ -275,9 +275,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "demo upstream (pid %d) on http://%s:%d", demo.pid, DEMO_HOST, args.demo_port
             )
         with metrics_directory(config.workers):
-            if config.workers > 0:
-                # From here the supervisor handles SIGTERM (gracefully).
-                signal.signal(signal.SIGTERM, signal.SIG_DFL)
             return serve(config, store)
     except StartError as exc:
         failure_logger.error("%s", exc)

@@ -32,6 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from multiprocessing.connection import Connection
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -119,8 +120,15 @@ class Supervisor:
 
     def run(self) -> int:
         """Bind, start the workers, supervise them; the exit code (StartupFailed at startup)."""
-        self._sockets = self.config.create_sockets()
-        for sock in (*self._sockets.secure_sockets, *self._sockets.insecure_sockets):
+        if self.config.pid_path is not None:
+            # As Hypercorn's own run does: the pid to signal is this process's.
+            Path(self.config.pid_path).write_text(str(os.getpid()))
+        try:
+            self._sockets = self.config.create_sockets()
+        except OSError as exc:
+            raise StartupFailed(f"cannot serve: {exc.strerror or exc}") from None
+        listening = (*self._sockets.secure_sockets, *self._sockets.insecure_sockets)
+        for sock in listening:
             # Listening before any worker does: connections wait in the backlog.
             sock.listen(self.config.backlog)
         previous = self._install_signals()
@@ -136,7 +144,7 @@ class Supervisor:
         finally:
             self._kill_all()
             self._restore_signals(previous)
-            for sock in (*self._sockets.secure_sockets, *self._sockets.insecure_sockets):
+            for sock in listening:
                 sock.close()
             self._selector.close()
 
