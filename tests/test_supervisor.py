@@ -108,9 +108,20 @@ async def test_a_killed_worker_is_replaced_and_its_jobs_interrupted_at_once(
             outcomes: list[int | str] = []
             in_flight = asyncio.Semaphore(20)
 
+            def answered_by(pid: int) -> int:
+                return sum(
+                    1
+                    for line in supervised.lines
+                    if line.get("logger") == "hypercorn.access"
+                    and line.get("path") == "/quick"
+                    and line["pid"] == pid
+                )
+
             async def one(i: int) -> None:
                 async with in_flight:
-                    if i == 60:
+                    # Killed mid-load, once it has answered some of it (the
+                    # kernel shares connections unevenly between workers).
+                    if not killed_at and i >= 40 and answered_by(victim) >= 5:
                         os.kill(victim, signal.SIGKILL)
                         killed_at.append(time.monotonic())
                     try:
@@ -134,6 +145,8 @@ async def test_a_killed_worker_is_replaced_and_its_jobs_interrupted_at_once(
             async with client.get(f"{url}/quick") as response:
                 assert response.status == 200
         replaced_after = _seconds_since(served, killed_at[0])
+        by_worker = {pid: answered_by(pid) for pid in supervised.workers() + pids}
+        logger.info("/quick answered by worker: %s (killed: %d)", by_worker, victim)
         failed = [outcome for outcome in outcomes if outcome != 200]
         logger.info(
             "200 requests: %d failed %s; replacement served %.2f s after the kill; "
@@ -143,6 +156,7 @@ async def test_a_killed_worker_is_replaced_and_its_jobs_interrupted_at_once(
             replaced_after,
             interrupted_after,
         )
+        assert killed_at, f"the worker to kill answered none of the load: {by_worker}"
         # At most the requests in flight at the kill (20 at a time), on the killed worker.
         assert len(outcomes) == 200 and len(failed) <= 20, failed
         assert replaced_after < 5.0
@@ -259,18 +273,19 @@ async def test_a_second_sigterm_stops_at_once(fault: FaultUpstream, tmp_path: Pa
 
 
 async def _steady_load(url: str, stop: asyncio.Event, outcomes: list[int | str]) -> None:
-    async with _fresh() as client:
+    """Requests until ``stop``: 2 clients on a new connection each time, 2 on keep-alive ones."""
 
-        async def one_client() -> None:
-            while not stop.is_set():
-                try:
-                    async with client.get(f"{url}/quick") as response:
-                        await response.read()
-                        outcomes.append(response.status)
-                except aiohttp.ClientError as exc:
-                    outcomes.append(type(exc).__name__)
+    async def one_client(client: aiohttp.ClientSession) -> None:
+        while not stop.is_set():
+            try:
+                async with client.get(f"{url}/quick") as response:
+                    await response.read()
+                    outcomes.append(response.status)
+            except aiohttp.ClientError as exc:
+                outcomes.append(type(exc).__name__)
 
-        await asyncio.gather(*(one_client() for _ in range(4)))
+    async with _fresh() as fresh, aiohttp.ClientSession() as kept:
+        await asyncio.gather(*(one_client(client) for client in (fresh, fresh, kept, kept)))
 
 
 @pytest.mark.timeout(120)

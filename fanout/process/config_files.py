@@ -29,9 +29,19 @@ class StartError(Exception):
     """``fanout`` cannot start; the message is the one line it prints."""
 
 
+def default_workers() -> int:
+    """fanout's worker count unless told: one per CPU it may use; 0 where it cannot supervise."""
+    # The supervisor waits on its workers through pidfds (Linux 5.3+).
+    return available_cpus() if hasattr(os, "pidfd_open") else 0
+
+
 def available_cpus() -> int:
     """The CPUs this process may run on (its affinity, which containers and taskset narrow)."""
-    return len(os.sched_getaffinity(0))
+    affinity = getattr(os, "sched_getaffinity", None)
+    if affinity is None:
+        # Not on Linux (macOS): every CPU of the machine.
+        return os.cpu_count() or 1
+    return len(affinity(0))
 
 
 def find_upwards(name: str, start: Path) -> Path | None:
@@ -124,8 +134,7 @@ def hypercorn_config(path: Path, shown: str) -> Config:
     except OSError as exc:
         raise StartError(f"{shown}: cannot read the file: {exc.strerror or exc}") from None
     defaults = Config()
-    # fanout's default: one worker per CPU this process may use.
-    values.setdefault("workers", available_cpus())
+    values.setdefault("workers", default_workers())
     for key, value in values.items():
         # Config.from_mapping sets any name, so a typo would go unnoticed.
         if key == ALLOW_H2C_UPGRADE:

@@ -221,6 +221,8 @@ def _prepare(args: argparse.Namespace) -> tuple[Config, JobStoreRef]:
             f"worker_class {config.worker_class!r} runs with --workers 0 only "
             f"(the supervisor's workers are {' or '.join(SUPERVISED_CLASSES)})"
         )
+    if config.workers > 0 and not hasattr(os, "pidfd_open"):
+        raise StartError("the supervisor needs Linux (pidfd_open): serve with --workers 0")
     if config.workers > 0 and config.quic_bind:
         raise StartError("quic_bind is served with --workers 0 only")
     # The workers (this process, or spawned ones) read these from the environment.
