@@ -116,8 +116,9 @@ def serve(config: Config, store: JobStoreRef) -> int:
 
 
 def _stop(signum: int, _frame: FrameType | None) -> None:
-    # Until Hypercorn installs its own handlers: SIGTERM unwinds like Ctrl-C,
-    # so the demo upstream is stopped and the metrics directory removed.
+    # Until Hypercorn or the supervisor installs its own handlers: SIGTERM
+    # unwinds like Ctrl-C, so the demo upstream is stopped and the metrics
+    # directory removed.
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
@@ -159,6 +160,14 @@ environment variables:
   {ENV_PREFIX}_<SETTING>  the settings (README, "Settings"); an unknown one
                     stops startup:
 {wrapped}
+
+signals (with workers; to the supervisor, a worker or the whole group):
+  SIGTERM, SIGINT   stop gracefully: in-flight requests are answered, job
+                    streams end with event: shutdown, jobs get their grace;
+                    exit 0. A second one stops at once (exit 4).
+  SIGHUP            read the gateway file again: new workers start with it,
+                    the old ones stop gracefully; an invalid file is logged
+                    and the old workers keep serving.
 
 Any failure to start prints one line and exits non-zero."""
 
