@@ -23,15 +23,11 @@ import logging
 import os
 import selectors
 import signal
-import socket
 import subprocess
-import sys
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
-from multiprocessing.connection import Connection
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -43,10 +39,9 @@ from fanout.process.control import (
     FAILED,
     READY,
     STOP,
-    WORKER_ID_ENV,
-    WorkerSpec,
 )
 from fanout.process.rescue import JobStoreRef, interrupt_jobs_of
+from fanout.process.worker_handles import Worker, exit_description, spawn_worker
 
 logger = logging.getLogger(__name__)
 
@@ -71,28 +66,6 @@ class Phase(Enum):
     STARTING = "starting"
     SERVING = "serving"
     STOPPING = "stopping"
-
-
-@dataclass(eq=False)
-class Worker:
-    """One worker process, as the supervisor sees it."""
-
-    process: subprocess.Popen[bytes]
-    control: Connection
-    pidfd: int
-    worker_id: str
-    generation: int
-    started: float
-    ready: bool = False
-    #: Told to stop (reload, shutdown, failed startup): its exit is expected.
-    stopping: bool = False
-    #: Why its startup failed, as it said.
-    failure: str | None = None
-
-    @property
-    def pid(self) -> int:
-        """The worker's process id."""
-        return self.process.pid
 
 
 @dataclass
@@ -192,39 +165,10 @@ class Supervisor:
 
     def _spawn(self, generation: int) -> Worker:
         assert self._sockets is not None
-        ours, theirs = socket.socketpair()
-        secure = tuple(sock.fileno() for sock in self._sockets.secure_sockets)
-        insecure = tuple(sock.fileno() for sock in self._sockets.insecure_sockets)
-        worker_id = uuid.uuid4().hex
-        with theirs:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "fanout.process.workers", str(theirs.fileno())],
-                pass_fds=(theirs.fileno(), *secure, *insecure),
-                env={**os.environ, WORKER_ID_ENV: worker_id},
-            )
-        control = Connection(ours.detach())
-        control.send(WorkerSpec(self.config, secure, insecure))
-        worker = Worker(
-            process=process,
-            control=control,
-            pidfd=os.pidfd_open(process.pid),
-            worker_id=worker_id,
-            generation=generation,
-            started=time.monotonic(),
-        )
+        worker = spawn_worker(self.config, self._sockets, generation)
         self._selector.register(worker.pidfd, selectors.EVENT_READ, ("exit", worker))
-        self._selector.register(control.fileno(), selectors.EVENT_READ, ("control", worker))
+        self._selector.register(worker.control.fileno(), selectors.EVENT_READ, ("control", worker))
         return worker
-
-    def _tell(self, worker: Worker, *message: str) -> None:
-        # Failing, it is exiting: its exit is handled when its pidfd says so.
-        with contextlib.suppress(OSError):
-            worker.control.send(message)
-
-    def _ask_to_stop(self, worker: Worker) -> None:
-        if not worker.stopping:
-            worker.stopping = True
-            self._tell(worker, STOP)
 
     def _message(self, worker: Worker) -> None:
         try:
@@ -260,7 +204,7 @@ class Supervisor:
     def _exited(self, worker: Worker) -> None:
         code = worker.process.wait()
         # Messages sent just before exiting (ready, why startup failed) are still to be read.
-        while self._readable(worker.control):
+        while worker.readable():
             try:
                 message = worker.control.recv()
             except (EOFError, OSError):
@@ -269,7 +213,7 @@ class Supervisor:
                 self._handle(worker, message)
         was_incoming = worker in self.incoming
         self._forget(worker)
-        how = _exit_description(code)
+        how = exit_description(code)
         if code != 0 and worker.ready:
             # Only a worker that served can have taken jobs.
             marked = interrupt_jobs_of(self.store, [worker.worker_id])
@@ -352,13 +296,13 @@ class Supervisor:
         self.workers.extend(self.incoming)
         self.incoming = []
         for worker in old:
-            self._ask_to_stop(worker)
+            worker.ask_to_stop()
         logger.info("reloaded: %d new workers serve, %d old ones stopping", self.count, len(old))
 
     def _reload_failed(self, reason: str) -> None:
         logger.error("reload failed, the old workers keep serving: %s", reason)
         for worker in list(self.incoming):
-            self._ask_to_stop(worker)
+            worker.ask_to_stop()
             # Out of the reload, still watched until it exits.
             self.incoming.remove(worker)
             self.workers.append(worker)
@@ -374,7 +318,7 @@ class Supervisor:
         logger.info("stopping (%s): %d workers finishing their work", why, len(everyone))
         self.workers, self.incoming = everyone, []
         for worker in everyone:
-            self._ask_to_stop(worker)
+            worker.ask_to_stop()
         grace = self.config.graceful_timeout + self.config.shutdown_timeout + STOP_MARGIN_SECONDS
         self.stop_deadline = time.monotonic() + grace
 
@@ -399,7 +343,7 @@ class Supervisor:
         """Stop every worker after a failed startup: killed if not serving yet, else asked."""
         for worker in self.workers:
             if worker.ready:
-                self._ask_to_stop(worker)
+                worker.ask_to_stop()
             elif worker.process.poll() is None:
                 # It has no request nor job yet, and may be stuck starting.
                 worker.process.kill()
@@ -469,13 +413,6 @@ class Supervisor:
                 raise StartupFailed(reason)
             # Its exit (seen through its pidfd) counts it as failed.
 
-    @staticmethod
-    def _readable(control: Connection) -> bool:
-        try:
-            return control.poll(0)
-        except (EOFError, OSError):
-            return False
-
 
 def backoff_seconds(failures_in_a_row: int) -> float:
     """How long to wait before replacing a worker, after this many failed startups in a row."""
@@ -487,9 +424,3 @@ def backoff_seconds(failures_in_a_row: int) -> float:
 def _noted(_signum: int, _frame: FrameType | None) -> None:
     # The signal's number reaches the loop through the wakeup fd.
     return
-
-
-def _exit_description(code: int) -> str:
-    if code < 0:
-        return f"killed by {signal.Signals(-code).name}"
-    return f"exit code {code}"
