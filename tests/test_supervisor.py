@@ -12,6 +12,7 @@ import os
 import signal
 import time
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -168,8 +169,6 @@ async def test_a_killed_worker_is_replaced_and_its_jobs_interrupted_at_once(
 
 def _seconds_since(line: Line, monotonic_moment: float) -> float:
     # Log lines carry wall-clock times; the kill was timed on the monotonic clock.
-    from datetime import datetime
-
     logged = datetime.fromisoformat(line["ts"]).timestamp()
     return logged - (time.time() - (time.monotonic() - monotonic_moment))
 
@@ -387,3 +386,65 @@ async def test_a_worker_not_ready_within_startup_timeout_fails_the_start(tmp_pat
     assert plain[0].endswith("did not start within 2 s")
     # Within startup_timeout, and the workers told to stop (then killed) a few seconds after.
     assert took < 2.0 + 8.0, took
+
+
+#: An [app] module that fails at import while its marker file exists.
+FAILS_WITH_MARKER = """
+from pathlib import Path
+
+from flask import Blueprint
+
+blueprint = Blueprint("flaky", __name__)
+if (Path(__file__).parent / "broken").exists():
+    raise RuntimeError("broken on purpose")
+"""
+
+
+@pytest.mark.timeout(90)
+async def test_a_replacement_that_cannot_start_is_retried_later_and_later(
+    fault: FaultUpstream, tmp_path: Path
+) -> None:
+    (tmp_path / "flaky.py").write_text(FAILS_WITH_MARKER)
+    gateway = tmp_path / "gateway.toml"
+    gateway.write_text(gateway_text(fault.url) + '\n[app]\nblueprints = ["flaky:blueprint"]\n')
+    supervised = await start_supervised(base_env(tmp_path), gateway)
+    try:
+        first, second = supervised.workers()
+        (tmp_path / "broken").write_text("")
+        os.kill(first, signal.SIGKILL)
+        failures = [
+            await supervised.logged(_message(f"worker {pid} did not start"))
+            for pid in await _next_workers(supervised, {first, second}, 3)
+        ]
+        # Meanwhile the other worker serves.
+        async with _fresh() as client, client.get(f"{supervised.url}/quick") as response:
+            assert response.status == 200
+        (tmp_path / "broken").unlink()
+        await supervised.logged(
+            lambda line: (
+                str(line.get("message", "")).endswith(" serves")
+                and line.get("worker") not in (first, second)
+            )
+        )
+        assert len(supervised.workers()) == 2
+    finally:
+        await supervised.close()
+    assert all("RuntimeError: broken on purpose" in line["message"] for line in failures)
+    assert [line["message"][-1] for line in failures] == ["1", "2", "3"]
+    times = [datetime.fromisoformat(line["ts"]).timestamp() for line in failures]
+    # Each retry waits longer than the one before (0.5 s, 1 s, then 2 s, plus the startups).
+    assert times[2] - times[1] > times[1] - times[0] > 0.5
+
+
+async def _next_workers(supervised: Any, known: set[int], count: int) -> list[int]:
+    """The pids of the next ``count`` workers the supervisor starts, from its log."""
+    found: list[int] = []
+    while len(found) < count:
+        line = await supervised.logged(
+            lambda line: (
+                str(line.get("message", "")).endswith("in place of a dead one")
+                and int(line["message"].split()[1]) not in known | set(found)
+            )
+        )
+        found.append(int(line["message"].split()[1]))
+    return found
