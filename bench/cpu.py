@@ -8,8 +8,8 @@ the supervisor costs at steady state.
 
 Throughput on this shared 2-core machine drifts by tens of percent from run to
 run; the server's own CPU seconds per answer drift far less, and at saturation
-they are what decides req/s. Each round serves Fanout then Quart (interleaved,
-so drift hits both), drives the fan-out scenario's load, and logs the server
+they are what decides req/s. Each round serves Fanout and Quart (interleaved,
+so drift hits both, in alternating order), drives the fan-out scenario's load, and logs the server
 process tree's CPU ms per answer; the end prints the medians and their ratio.
 """
 
@@ -39,7 +39,9 @@ async def _measure(args: argparse.Namespace, work_dir: Path) -> dict[str, list[f
     per_answer: dict[str, list[float]] = {contender.key: [] for contender in _pair(args)}
     async with bench.serving_upstream():
         for round_ in range(args.rounds):
-            for contender in _pair(args):
+            # Alternated: the one measured second is not always the same one.
+            pair = _pair(args)
+            for contender in pair if round_ % 2 == 0 else pair[::-1]:
                 async with bench.serving(contender, args.workers) as served:
                     run = await bench.measure(
                         scenario="cpu",
