@@ -458,3 +458,53 @@ async def _next_spawn(supervised: Any, known: set[int], spawned: list[Line]) -> 
         )
     )
     return found
+
+
+#: An [app] module whose import takes a while in a worker, saying when it began.
+SLOW_IN_WORKERS = """
+import os
+import time
+from pathlib import Path
+
+from flask import Blueprint
+
+blueprint = Blueprint("slow", __name__)
+if os.environ.get("FANOUT_WORKER_ID"):
+    (Path(__file__).parent / f"starting-{os.getpid()}").write_text("")
+    time.sleep(1.5)
+"""
+
+
+@pytest.mark.timeout(60)
+async def test_sigterm_to_the_group_while_the_workers_start_is_a_clean_stop(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "slow.py").write_text(SLOW_IN_WORKERS)
+    (tmp_path / "gateway.toml").write_text('[app]\nblueprints = ["slow:blueprint"]\n')
+    process = await asyncio.create_subprocess_exec(
+        str(FANOUT),
+        "--no-demo",
+        "--workers",
+        "2",
+        "--bind",
+        "127.0.0.1:0",
+        "--hypercorn",
+        str(ROOT / "hypercorn.toml"),
+        cwd=tmp_path,
+        env=base_env(tmp_path),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        # Both workers are importing the app's code (systemctl stop right after start).
+        await _until(lambda: len(list(tmp_path.glob("starting-*"))) == 2)
+        os.killpg(process.pid, signal.SIGTERM)
+        _, stderr = await asyncio.wait_for(process.communicate(), 30)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    text = stderr.decode()
+    assert process.returncode == 0, text[-3000:]
+    assert "killed by" not in text and "did not start" not in text

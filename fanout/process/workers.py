@@ -18,6 +18,7 @@ import signal
 import sys
 from collections.abc import Callable
 from multiprocessing.connection import Connection
+from types import FrameType
 from typing import Any
 
 from hypercorn.app_wrappers import ASGIWrapper
@@ -86,6 +87,17 @@ class WorkerStop:
             logger.warning("the supervisor is gone; not told: %s", message[0])
 
 
+class EarlySignals:
+    """SIGTERM and SIGINT that arrive while the worker starts, before its loop handles them."""
+
+    def __init__(self) -> None:
+        self.received: list[int] = []
+
+    def note(self, signum: int, _frame: FrameType | None) -> None:
+        """Keep the signal for the loop (a worker killed while starting would exit unclean)."""
+        self.received.append(signum)
+
+
 class Announced:
     """The app, reporting its lifespan startup to the supervisor and sharing the stop event."""
 
@@ -131,13 +143,13 @@ def worker_config(spec: WorkerSpec) -> Config:
     return config
 
 
-async def _serve(config: Config, control: Connection) -> None:
+async def _serve(config: Config, control: Connection, early: EarlySignals) -> None:
     loop = asyncio.get_running_loop()
     stop = WorkerStop(control)
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.on_signal, signum)
-    # SIGHUP is the supervisor's (reload): a terminal hang-up reaches the group.
-    loop.add_signal_handler(signal.SIGHUP, lambda: None)
+    for arrived in early.received:
+        stop.on_signal(arrived)
     loop.add_reader(control.fileno(), stop.on_control)
     loaded = load_application(config.application_path, config.wsgi_max_body_size)
     if not isinstance(loaded, ASGIWrapper):
@@ -155,6 +167,11 @@ def _loop_factory(config: Config) -> Callable[[], asyncio.AbstractEventLoop] | N
 
 def main(argv: list[str]) -> int:
     """Serve until stopped; the exit code tells the supervisor how it ended."""
+    early = EarlySignals()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, early.note)
+    # SIGHUP is the supervisor's (reload): a terminal hang-up reaches the group.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     control = Connection(int(argv[1]))
     spec: WorkerSpec = control.recv()
     config = worker_config(spec)
@@ -163,7 +180,7 @@ def main(argv: list[str]) -> int:
     config.log  # noqa: B018 - the property configures logging
     try:
         with asyncio.Runner(loop_factory=_loop_factory(config)) as runner:
-            runner.run(_serve(config, control))
+            runner.run(_serve(config, control, early))
     except LifespanFailureError as exc:
         # The app logged why, with its traceback, and the supervisor was told.
         logger.error("worker did not start: %s", exc)
