@@ -3,11 +3,12 @@
     python -m bench [--quick | --smoke] [--out DIR] [--only SCENARIO,...]
 
 Starts a simulated upstream, then each contender in turn under Hypercorn
-(Fanout, a Quart peer, the seed approach), drives load with wrk (or the
-built-in generator), and writes DIR/report.md, DIR/results.json, DIR/chart.png
-and DIR/overload.png (default DIR: bench/results/<today>). The report also
-goes to stdout. A full run takes about 15 minutes on 2 cores; --quick about
-5; --smoke seconds (CI: it checks a report was produced, never a speed).
+(Fanout, a Quart peer, the seed approach; and Fanout under its own
+supervisor, `fanout --workers N`), drives load with wrk (or the built-in
+generator), and writes DIR/report.md, DIR/results.json, DIR/chart.png and
+DIR/overload.png (default DIR: bench/results/<today>). The report also goes
+to stdout. A full run takes about 18 minutes on 2 cores; --quick about 6;
+--smoke seconds (CI: it checks a report was produced, never a speed).
 
     python -m bench --render DIR    re-renders DIR's report and charts from its results.json
 """

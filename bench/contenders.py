@@ -38,12 +38,16 @@ class Contender:
     label: str
     #: What Hypercorn serves.
     application: str
+    #: Served by the `fanout` supervisor (its workers run Hypercorn), not by `hypercorn`.
+    supervised: bool = False
 
 
 FANOUT = Contender("fanout", "Fanout", "app:app")
+#: The same app under fanout's own supervisor: `fanout --workers N` (issue 13).
+FANOUT_SUPERVISED = Contender("fanout-sup", "Fanout (supervisor)", "app:app", supervised=True)
 QUART = Contender("quart", "Quart (peer)", "bench.peers.quart_app:app")
 SEED = Contender("seed", "seed approach (peer)", "wsgi:bench.peers.seed_app:app")
-ALL = (FANOUT, QUART, SEED)
+ALL = (FANOUT, FANOUT_SUPERVISED, QUART, SEED)
 
 
 def _backends(path: str) -> str:
@@ -143,7 +147,7 @@ def server_process(
     worker_class: str | None,
     extra_env: Mapping[str, str] | None = None,
 ) -> ManagedProcess:
-    """The contender under Hypercorn, ready to start (``python -m hypercorn -c ... APP``)."""
+    """The contender, ready to start: ``python -m hypercorn -c ... APP``, or the supervisor."""
     name = f"{contender.key}-w{workers}-{port}"
     config = write_hypercorn_toml(
         work_dir / f"hypercorn-{name}.toml", hypercorn_settings(port, workers, worker_class)
@@ -158,11 +162,28 @@ def server_process(
         PYTHONDONTWRITEBYTECODE="1",
     )
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    if contender is FANOUT and workers > 1:
+    if contender is FANOUT and workers > 1 and not contender.supervised:
         # As the `fanout` launcher does for several workers: metrics shared through files.
         metrics_dir = work_dir / f"metrics-{name}"
         metrics_dir.mkdir(exist_ok=True)
         env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
     env.update(extra_env or {})
     argv = [sys.executable, "-m", "hypercorn", "-c", str(config), contender.application]
+    if contender.supervised:
+        # The same Hypercorn settings; `fanout` binds once and starts N workers
+        # (1 is one worker process under the supervisor, not `workers = 0`).
+        argv = [
+            sys.executable,
+            "-m",
+            "fanout.process.launcher",
+            "--no-demo",
+            "--gateway",
+            str(gateway_file),
+            "--hypercorn",
+            str(config),
+            "--workers",
+            str(workers),
+        ]
+        # The launcher makes (and removes) the metrics directory of its workers.
+        env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     return ManagedProcess(name, argv, cwd=REPO, env=env, log_path=work_dir / f"{name}.log")

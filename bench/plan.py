@@ -47,7 +47,8 @@ class Plan:
     def estimate_seconds(self) -> float:
         """A rough length of the whole run, for the log."""
         per_level = self.warmup + self.duration + self.settle + 0.5
-        fan = self.rounds * len(self.workers) * 3 * (len(self.clients) * per_level + 2)
+        # 4 contenders: Fanout under Hypercorn and under its supervisor, 2 peers.
+        fan = self.rounds * len(self.workers) * 4 * (len(self.clients) * per_level + 2)
         floor = self.rounds * len(self.clients) * (self.floor_duration + 1)
         hot = self.rounds * ((4 if self.hot_seed else 3) * per_level + 6)
         jobs = self.jobs / 400 + self.poll_duration + self.job_ttl + 10

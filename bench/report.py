@@ -13,11 +13,14 @@ from bench.harness import Run
 
 LABELS = {
     "fanout": "Fanout",
+    "fanout-sup": "Fanout (supervisor)",
     "quart": "Quart (peer)",
     "seed": "seed approach (peer)",
     "floor": "floor (upstream alone)",
 }
 PEERS = ("quart", "seed")
+#: Fanout as it can be served: by Hypercorn (workers = 0 at 1 worker), by its supervisor.
+OURS = ("fanout", "fanout-sup")
 MB = 1024 * 1024
 
 
@@ -142,6 +145,7 @@ def render(results: Mapping[str, Any]) -> str:
     out += _header(meta)
     out += _goals(table, meta, sections)
     out += _fan_out(table, meta)
+    out += _supervisor_cost(table, meta)
     out += _hot(table)
     out += _jobs(sections.get("jobs"))
     out += _overload(table, sections.get("overload"))
@@ -294,7 +298,7 @@ def _fan_out(table: Mapping[Key, Figures], meta: Mapping[str, Any]) -> list[str]
             ]
         rows = []
         for clients in plan["clients"]:
-            for contender in ("fanout", *PEERS):
+            for contender in (*OURS, *PEERS):
                 f = table.get(("fanout", contender, "", workers, clients))
                 if f is None:
                     continue
@@ -365,6 +369,54 @@ def _fan_out(table: Mapping[Key, Figures], meta: Mapping[str, Any]) -> list[str]
             "peak RSS",
             "CPU / req",
             "conns / upstream req",
+        ],
+        rows,
+    )
+    return out
+
+
+def _supervisor_cost(table: Mapping[Key, Figures], meta: Mapping[str, Any]) -> list[str]:
+    """Fanout under its supervisor ÷ under plain Hypercorn, same load, same worker count."""
+    plan = meta["plan"]
+    rows = []
+    for workers in plan["workers"]:
+        for clients in plan["clients"]:
+            mine = table.get(("fanout", "fanout-sup", "", workers, clients))
+            plain = table.get(("fanout", "fanout", "", workers, clients))
+            if mine is None or plain is None:
+                continue
+            rows.append(
+                [
+                    str(workers),
+                    str(clients),
+                    _num(mine.cpu_ms_per_request, 3),
+                    _num(plain.cpu_ms_per_request, 3),
+                    _ratio(mine.cpu_ms_per_request, plain.cpu_ms_per_request),
+                    _ratio(mine.rps, plain.rps),
+                    _ratio(mine.p99_ms, plain.p99_ms),
+                    _ratio(mine.peak_rss_mb, plain.peak_rss_mb),
+                ]
+            )
+    if not rows:
+        return []
+    out = [
+        "### The supervisor's cost: `fanout --workers N` ÷ `hypercorn` with N workers",
+        "",
+        "Plain Hypercorn serves 1 worker in one process (`workers = 0`) and 2 with its own "
+        "supervisor; `fanout` always runs its supervisor beside the workers. Server CPU is "
+        "the whole process tree's (the supervisor included) per answer.",
+        "",
+    ]
+    out += _table(
+        [
+            "workers",
+            "clients",
+            "supervisor CPU ms / req",
+            "plain CPU ms / req",
+            "CPU / req",
+            "req/s",
+            "p99",
+            "peak RSS",
         ],
         rows,
     )
@@ -603,7 +655,7 @@ def chart(results: Mapping[str, Any], out_dir: Path) -> list[Path]:
         2, len(workers_list), figsize=(6 * len(workers_list), 8), squeeze=False
     )
     for column, workers in enumerate(workers_list):
-        for contender in ("fanout", *PEERS):
+        for contender in (*OURS, *PEERS):
             points = [
                 (c, f)
                 for c in plan["clients"]

@@ -21,6 +21,7 @@ from fanout.jobs.kinds import InvalidParams
 from fanout.jobs.model import JobRecord, JobStatus, StoredResponse, is_job_id
 from fanout.jobs.registry import IdempotencyConflict, JobBody, JobContext, QueueFull, RegistryClosed
 from fanout.jobs.store import InvalidCursor, StoreUnavailable
+from fanout.process.stopping import server_stopping, until_set
 from handlers.errors import problem_response
 from handlers.resources import job_kinds, job_registry
 
@@ -260,15 +261,26 @@ async def result(job_id: str) -> Response:
     return Response(json.dumps(problem), status=status_code, mimetype="application/problem+json")
 
 
+#: The last event of a stream the server's stop ended (the job goes on).
+SHUTDOWN_EVENT = b'event: shutdown\ndata: {"reason": "the server is stopping"}\n\n'
+
+
 @blueprint.get("/jobs/<job_id>/events")
 async def events(job_id: str) -> Response:
-    """Server-sent events: one per change of status or progress, closing after the last."""
+    """Server-sent events: one per change of status or progress, closing after the last.
+
+    When the server begins to stop, the stream ends at once with ``event:
+    shutdown`` (the client reconnects, to another worker or instance).
+    """
     record = await _visible_job(job_id)
     registry = job_registry()
+    stopping = server_stopping()
 
     async def stream() -> AsyncIterator[bytes]:
-        async for latest in registry.watch(record.id, seconds=24 * 3600):
+        async for latest in until_set(registry.watch(record.id, seconds=24 * 3600), stopping):
             yield f"event: job\ndata: {json.dumps(resource(latest))}\n\n".encode()
+        if stopping is not None and stopping.is_set():
+            yield SHUTDOWN_EVENT
 
     response = Response(iterate_async(stream()), mimetype="text/event-stream")
     response.headers["Cache-Control"] = "no-cache"

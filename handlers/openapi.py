@@ -782,7 +782,9 @@ def _job_events(builder: _Builder, route: _Route, method: str) -> JSONObject:
         "responses": {
             "200": _response(
                 "Server-sent events: `event: job` with the Job resource as data, one per "
-                "change of status or progress; the stream closes after the final status.",
+                "change of status or progress; the stream closes after the final status, "
+                "or with `event: shutdown` when the server begins to stop (reconnect to "
+                "follow the job on).",
                 {"text/event-stream": {"type": "string"}},
                 {"Cache-Control": _string_header("no-cache")},
             ),

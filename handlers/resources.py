@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -15,7 +14,7 @@ from fanout.bridge import BridgeFlask
 from fanout.core.config import GatewayConfig
 from fanout.jobs.kinds import JobKind
 from fanout.jobs.registry import JobLimits, JobRegistry
-from fanout.jobs.store_factory import anchored_store_url, open_store_from_url
+from fanout.jobs.store_factory import job_store_url, open_store_from_url
 from fanout.process.metrics import metrics
 
 SESSION_KEY = "fanout.http_session"
@@ -64,9 +63,9 @@ def _bind_request_upstreams() -> None:
 
 async def _jobs(app: Flask) -> AsyncIterator[None]:
     config = gateway_config(app).jobs
-    # A relative sqlite path in the gateway file is taken from the file's directory.
-    in_file = anchored_store_url(config.store, os.path.dirname(app.config["CONFIG"]))
-    store = open_store_from_url(app.config["JOB_STORE"] or in_file)
+    store = open_store_from_url(
+        job_store_url(app.config["JOB_STORE"], config.store, app.config["CONFIG"])
+    )
     await store.open()
     limits = JobLimits(
         max_running=config.max_running,
@@ -78,7 +77,9 @@ async def _jobs(app: Flask) -> AsyncIterator[None]:
         poll_seconds=app.config["JOB_POLL_SECONDS"],
         sweep_seconds=app.config["JOB_SWEEP_SECONDS"],
     )
-    registry = JobRegistry(store, limits, observer=metrics(app))
+    registry = JobRegistry(
+        store, limits, observer=metrics(app), worker_id=app.config["WORKER_ID"] or None
+    )
     registry.start()
     app.extensions[JOB_REGISTRY_KEY] = registry
     try:

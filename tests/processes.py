@@ -30,6 +30,10 @@ def hypercorn_command(bind: str, *extra: str, application: str = "app:app") -> l
         "hypercorn.toml",
         "--bind",
         bind,
+        # One process, as the README serves it with plain Hypercorn (the
+        # file leaves workers to fanout); a later --workers N wins.
+        "--workers",
+        "0",
         *extra,
         application,
     ]

@@ -29,7 +29,8 @@ def test_every_key_is_a_hypercorn_setting_and_is_applied() -> None:
 def test_the_served_settings_are_the_intended_ones() -> None:
     config = Config.from_toml(CONFIG_FILE)
     assert config.bind == ["127.0.0.1:8000"]
-    assert config.workers == 0
+    # Not set: `fanout` chooses (one worker per CPU), `hypercorn` is given -w 0.
+    assert "workers" not in tomllib.loads(CONFIG_FILE.read_text())
     assert config.worker_class == "uvloop"
     assert config.backlog >= 1024
     assert config.graceful_timeout == 30.0

@@ -12,7 +12,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from fanout.process.launcher import StartError, find_upwards, gateway_file, hypercorn_file
+from fanout.process.config_files import StartError, find_upwards, gateway_file, hypercorn_file
 from tests.processes import ROOT, free_port, until_ready
 from tests.worker_processes import samples
 

@@ -47,6 +47,12 @@ def anchored_store_url(url: str, directory: str) -> str:
     return _SQLITE_PREFIX + os.path.join(os.path.abspath(directory), path)
 
 
+def job_store_url(setting: str, in_file: str, config_path: str) -> str:
+    """The job store to open: the JOB_STORE setting, else the gateway file's (anchored to it)."""
+    # A relative sqlite path in the gateway file is taken from the file's directory.
+    return setting or anchored_store_url(in_file, os.path.dirname(config_path))
+
+
 def open_store_from_url(url: str) -> JobStore:
     """Build (not open) the store for ``url``: memory://, sqlite:///<path> or redis://...
 

@@ -3,54 +3,58 @@
 from __future__ import annotations
 
 import argparse
-import copy
 import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import textwrap
-import time
-import tomllib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
 from typing import NoReturn
 
-from flask import Flask
 from hypercorn.config import Config
 from hypercorn.run import run
 from hypercorn.utils import LifespanFailureError, NoAppError
 
-from fanout.bridge.h2c import ALLOW_H2C_UPGRADE
-from fanout.core.config import ConfigError, load_gateway_config
-from fanout.process.app_code import import_app_code
-from fanout.process.settings import DEFAULTS, ENV_PREFIX, SettingsError, load_settings
+from fanout.process.config_files import (
+    CONFIG_ENV,
+    GATEWAY_FILE,
+    HYPERCORN_FILE,
+    StartError,
+    check_binds,
+    check_gateway,
+    gateway_file,
+    hypercorn_config,
+    hypercorn_file,
+    job_store_ref,
+    reload_check,
+    shown_path,
+)
+from fanout.process.demo_process import DEMO_HOST, check_demo_port, start_demo
+from fanout.process.logs import JsonFormatter
+from fanout.process.rescue import JobStoreRef
+from fanout.process.settings import DEFAULTS, ENV_PREFIX
+from fanout.process.supervisor import StartupFailed, Supervisor
 
 logger = logging.getLogger(__name__)
+#: The parent of the launcher's, the supervisor's and the job rescue's loggers.
+PROCESS_LOGGER = "fanout.process"
+#: The one line a failure to start prints (plain text, for a person or a process manager).
+failure_logger = logging.getLogger("fanout.start")
 
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 #: The files prometheus_client writes in a multiprocess directory.
 METRIC_FILES = ("counter_*.db", "gauge_*.db", "histogram_*.db", "summary_*.db")
 
-GATEWAY_FILE = "gateway.toml"
-HYPERCORN_FILE = "hypercorn.toml"
-CONFIG_ENV = f"{ENV_PREFIX}_CONFIG"
 #: The setting the shipped gateway.toml's demo upstream reads its address from.
 DEMO_URL_ENV = f"{ENV_PREFIX}_DEMO_UPSTREAM_URL"
-DEMO_HOST = "127.0.0.1"
-#: Hypercorn's worker classes (hypercorn.run.run refuses any other).
-WORKER_CLASSES = ("asyncio", "uvloop", "trio")
-#: Seconds the demo upstream gets to listen.
-DEMO_START_SECONDS = 10.0
-
-
-class StartError(Exception):
-    """``fanout`` cannot start; the message is the one line it prints."""
+#: Worker classes the supervisor runs (Hypercorn's trio worker: with --workers 0 only).
+SUPERVISED_CLASSES = ("asyncio", "uvloop")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -59,186 +63,6 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         """Print the problem on one line and exit 2."""
         self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
-
-
-def find_upwards(name: str, start: Path) -> Path | None:
-    """The file ``name`` in ``start`` or the nearest of its parents holding one, or None."""
-    for directory in (start, *start.parents):
-        candidate = directory / name
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def _named(path: str, label: str) -> Path:
-    """A file the user named (``label``: the flag or variable naming it): it must exist."""
-    given = Path(path)
-    if not given.is_file():
-        problem = "is a directory" if given.is_dir() else "no such file"
-        raise StartError(f"{label}: {problem}")
-    return given
-
-
-def gateway_file(given: str | None, env: Mapping[str, str], cwd: Path) -> Path:
-    """The gateway file: --gateway, else FANOUT_CONFIG, else the nearest gateway.toml upwards."""
-    if given is not None:
-        return _named(given, f"--gateway {given}")
-    named = env.get(CONFIG_ENV)
-    if named:
-        return _named(named, f"{CONFIG_ENV}={named}")
-    found = find_upwards(GATEWAY_FILE, cwd)
-    if found is None:
-        raise StartError(
-            f"no {GATEWAY_FILE} in {cwd} or its parents: "
-            f"name the gateway file with --gateway FILE or {CONFIG_ENV}=FILE"
-        )
-    return found
-
-
-def hypercorn_file(given: str | None, gateway: Path, cwd: Path) -> Path:
-    """Hypercorn's file: --hypercorn, else hypercorn.toml beside the gateway file, else upwards."""
-    if given is not None:
-        return _named(given, f"--hypercorn {given}")
-    beside = gateway.parent / HYPERCORN_FILE
-    if beside.is_file():
-        return beside
-    found = find_upwards(HYPERCORN_FILE, cwd)
-    if found is None:
-        raise StartError(
-            f"no {HYPERCORN_FILE} beside {gateway} nor in {cwd} or its parents: "
-            "name Hypercorn's settings file with --hypercorn FILE"
-        )
-    return found
-
-
-def _shown(path: Path, cwd: Path) -> str:
-    """A path in messages: as the user named it; found in the current directory: its name."""
-    return path.name if path.is_absolute() and path.parent == cwd else str(path)
-
-
-_KIND_NAMES = {
-    bool: "true or false",
-    int: "an integer",
-    float: "a number",
-    str: "a string",
-    list: "an array",
-    dict: "a table",
-}
-
-
-def _same_kind(default: object) -> tuple[type, ...]:
-    """The TOML value types a Hypercorn setting with this default accepts."""
-    if default is None:
-        # No default to compare with (certfile, logconfig_dict...): Hypercorn checks.
-        return (object,)
-    if isinstance(default, bool):
-        return (bool,)
-    if isinstance(default, float):
-        return (int, float)
-    if isinstance(default, list):
-        # bind and the like take one address as a string too.
-        return (list, str)
-    return (type(default),)
-
-
-def hypercorn_config(path: Path, shown: str) -> Config:
-    """Read Hypercorn's file, refusing what Hypercorn itself would silently ignore."""
-    try:
-        with path.open("rb") as file:
-            values = tomllib.load(file)
-    except tomllib.TOMLDecodeError as exc:
-        raise StartError(f"{shown}: invalid TOML: {exc}") from None
-    except OSError as exc:
-        raise StartError(f"{shown}: cannot read the file: {exc.strerror or exc}") from None
-    defaults = Config()
-    for key, value in values.items():
-        # Config.from_mapping sets any name, so a typo would go unnoticed.
-        if key == ALLOW_H2C_UPGRADE:
-            default: object = False
-        elif hasattr(defaults, key):
-            default = getattr(defaults, key)
-        else:
-            raise StartError(f"{shown}: {key}: not a Hypercorn setting")
-        # Hypercorn takes values as they are: a wrong type fails later, in a worker.
-        expected = _same_kind(default)
-        if not isinstance(value, expected) or (isinstance(value, bool) and bool not in expected):
-            names = " or ".join(_KIND_NAMES.get(kind, kind.__name__) for kind in expected)
-            raise StartError(f"{shown}: {key}: expected {names}, got {value!r}")
-    try:
-        config = Config.from_mapping(values)
-    except (TypeError, ValueError) as exc:
-        raise StartError(f"{shown}: {exc}") from None
-    if config.worker_class not in WORKER_CLASSES:
-        raise StartError(
-            f"{shown}: worker_class: expected one of {', '.join(WORKER_CLASSES)}, "
-            f"got {config.worker_class!r}"
-        )
-    return config
-
-
-def check_gateway(shown: str) -> None:
-    """Validate the gateway file and the FANOUT_* settings as the app will read them."""
-    try:
-        gateway = load_gateway_config(shown, os.environ)
-        # The [app] entries too: a bad one is then this one line, not a
-        # worker's startup traceback (the workers import them again).
-        import_app_code(gateway.app, shown)
-        # Only the environment's settings: the file's were just checked.
-        load_settings(Flask(__name__))
-    except (ConfigError, SettingsError) as exc:
-        raise StartError(str(exc)) from None
-
-
-def check_binds(config: Config, shown: str) -> None:
-    """Refuse to start when an address to serve on is taken (one line, not a traceback)."""
-    for bind in [*config.bind, *config.insecure_bind]:
-        if bind.startswith(("unix:", "fd://")):
-            continue
-        probe = copy.copy(config)
-        probe.bind, probe.insecure_bind, probe.quic_bind = [bind], [], []
-        try:
-            sockets = probe.create_sockets()
-        except OSError as exc:
-            raise StartError(
-                f"cannot serve on {bind}: {exc.strerror or exc} "
-                f"(choose another with --bind HOST:PORT or bind in {shown})"
-            ) from None
-        for sock in (*sockets.secure_sockets, *sockets.insecure_sockets):
-            sock.close()
-
-
-def check_demo_port(port: int) -> None:
-    """Refuse to start the demo upstream on a port something already listens on."""
-    with socket.socket() as probe:
-        # As aiohttp binds: a port in TIME_WAIT is free, a listened one is not.
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((DEMO_HOST, port))
-        except OSError as exc:
-            raise StartError(
-                f"cannot start the demo upstream on {DEMO_HOST}:{port}: {exc.strerror or exc} "
-                "(choose another with --demo-port PORT, or run without it with --no-demo)"
-            ) from None
-
-
-def _wait_for_demo(demo: subprocess.Popen[bytes], port: int) -> None:
-    deadline = time.monotonic() + DEMO_START_SECONDS
-    while True:
-        if demo.poll() is not None:
-            raise StartError(
-                f"the demo upstream stopped at startup (exit code {demo.returncode}; "
-                "its error is above)"
-            )
-        try:
-            with socket.create_connection((DEMO_HOST, port), timeout=0.5):
-                return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise StartError(
-                    f"the demo upstream did not listen on {DEMO_HOST}:{port} "
-                    f"within {DEMO_START_SECONDS:g} s"
-                ) from None
-            time.sleep(0.05)
 
 
 @contextmanager
@@ -272,40 +96,8 @@ def metrics_directory(workers: int) -> Iterator[None]:
         shutil.rmtree(made, ignore_errors=True)
 
 
-@contextmanager
-def _stop_signals() -> Iterator[Callable[[], bool]]:
-    """Tell afterwards whether SIGINT or SIGTERM arrived, whoever handled it.
-
-    The wakeup fd receives the number of every signal that has a Python
-    handler, Hypercorn's supervisor's included.
-    """
-    read, write = os.pipe()
-    os.set_blocking(read, False)
-    os.set_blocking(write, False)
-    previous = signal.set_wakeup_fd(write, warn_on_full_buffer=False)
-
-    def arrived() -> bool:
-        received = bytearray()
-        while True:
-            try:
-                chunk = os.read(read, 4096)
-            except BlockingIOError:
-                break
-            if not chunk:
-                break
-            received += chunk
-        return signal.SIGINT in received or signal.SIGTERM in received
-
-    try:
-        yield arrived
-    finally:
-        signal.set_wakeup_fd(previous)
-        os.close(read)
-        os.close(write)
-
-
-def serve(config: Config) -> int:
-    """Run Hypercorn until told to stop; StartError if the server could not start."""
+def serve(config: Config, store: JobStoreRef) -> int:
+    """Serve until told to stop: in this process (workers = 0) or with the supervisor."""
     if config.workers == 0:
         try:
             return run(config)
@@ -316,18 +108,17 @@ def serve(config: Config) -> int:
             raise StartError(str(exc)) from None
         except OSError as exc:
             raise StartError(f"cannot serve: {exc}") from None
-    # Hypercorn 0.18's supervisor returns when told to stop or when a worker
-    # exited non-zero, but returns 0 either way (pgjones/hypercorn#269).
-    with _stop_signals() as stop_arrived:
-        code = run(config)
-        if code == 0 and not stop_arrived():
-            raise StartError("a worker process stopped with an error (see above)")
-    return code
+    supervisor = Supervisor(config, config.workers, store, reload_check)
+    try:
+        return supervisor.run()
+    except StartupFailed as exc:
+        raise StartError(str(exc)) from None
 
 
 def _stop(signum: int, _frame: FrameType | None) -> None:
-    # Until Hypercorn installs its own handlers: SIGTERM unwinds like Ctrl-C,
-    # so the demo upstream is stopped and the metrics directory removed.
+    # Until Hypercorn or the supervisor installs its own handlers: SIGTERM
+    # unwinds like Ctrl-C, so the demo upstream is stopped and the metrics
+    # directory removed.
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
@@ -370,6 +161,14 @@ environment variables:
                     stops startup:
 {wrapped}
 
+signals (with workers; to the supervisor, a worker or the whole group):
+  SIGTERM, SIGINT   stop gracefully: in-flight requests are answered, job
+                    streams end with event: shutdown, jobs get their grace;
+                    exit 0. A second one stops at once (exit 4).
+  SIGHUP            read the gateway file again: new workers start with it,
+                    the old ones stop gracefully; an invalid file is logged
+                    and the old workers keep serving.
+
 Any failure to start prints one line and exits non-zero."""
 
 
@@ -400,7 +199,10 @@ def _parser() -> argparse.ArgumentParser:
         "--workers",
         type=_non_negative,
         metavar="N",
-        help="worker processes (default: workers in Hypercorn's file; 0: this process)",
+        help=(
+            "worker processes (default: workers in Hypercorn's file, else one per CPU "
+            "this process may use; 0: serve in this process, without the supervisor)"
+        ),
     )
     parser.add_argument("--no-demo", action="store_true", help="do not start the demo upstream")
     parser.add_argument(
@@ -413,29 +215,54 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _prepare(args: argparse.Namespace) -> Config:
+def _prepare(args: argparse.Namespace) -> tuple[Config, JobStoreRef]:
     """Find and check everything before anything starts; StartError names what is wrong."""
     cwd = Path.cwd()
     gateway = gateway_file(args.gateway, os.environ, cwd)
     hypercorn = hypercorn_file(args.hypercorn, gateway, cwd)
-    config = hypercorn_config(hypercorn, _shown(hypercorn, cwd))
+    config = hypercorn_config(hypercorn, shown_path(hypercorn, cwd))
     if args.bind:
         config.bind = args.bind
     if args.workers is not None:
         config.workers = args.workers
+    if config.workers > 0 and config.worker_class not in SUPERVISED_CLASSES:
+        raise StartError(
+            f"worker_class {config.worker_class!r} runs with --workers 0 only "
+            f"(the supervisor's workers are {' or '.join(SUPERVISED_CLASSES)})"
+        )
+    if config.workers > 0 and not hasattr(os, "pidfd_open"):
+        raise StartError("the supervisor needs Linux (pidfd_open): serve with --workers 0")
+    if config.workers > 0 and config.quic_bind:
+        raise StartError("quic_bind is served with --workers 0 only")
     # The workers (this process, or spawned ones) read these from the environment.
     os.environ[CONFIG_ENV] = str(gateway.absolute())
     if not args.no_demo:
         os.environ[DEMO_URL_ENV] = f"http://{DEMO_HOST}:{args.demo_port}"
-    check_gateway(_shown(gateway, cwd))
+    # Checked before any worker starts: a bad file is one line, not N tracebacks.
+    checked = check_gateway(shown_path(gateway, cwd))
     # Served as `hypercorn app:app` started in the gateway file's directory
     # would be: its app.py if there is one, else the installed app; modules
     # beside the gateway file are importable ([app] blueprints and job kinds).
     config.application_path = f"{gateway.absolute().parent / 'app'}:app"
-    check_binds(config, _shown(hypercorn, cwd))
+    check_binds(config, shown_path(hypercorn, cwd))
     if not args.no_demo:
         check_demo_port(args.demo_port)
-    return config
+    return config, job_store_ref(checked, str(gateway.absolute()))
+
+
+def _log_to_stderr() -> None:
+    # Own handlers, not propagated: with --workers 0 Hypercorn configures the
+    # root logger in this process too, and would print each line twice.
+    lines = logging.StreamHandler()
+    lines.setFormatter(JsonFormatter())
+    process = logging.getLogger(PROCESS_LOGGER)
+    process.addHandler(lines)
+    process.setLevel(logging.INFO)
+    process.propagate = False
+    plain = logging.StreamHandler()
+    plain.setFormatter(logging.Formatter("fanout: %(message)s"))
+    failure_logger.addHandler(plain)
+    failure_logger.propagate = False
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -447,30 +274,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             "--config is not an option: name the gateway file with --gateway FILE, "
             "Hypercorn's settings with --hypercorn FILE"
         )
-    # Only the launcher's own logger, not propagated: Hypercorn configures the
-    # root logger in this process too, and would print each line twice.
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("fanout: %(message)s"))
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
+    _log_to_stderr()
 
     demo: subprocess.Popen[bytes] | None = None
     signal.signal(signal.SIGTERM, _stop)
     try:
-        config = _prepare(args)
+        config, store = _prepare(args)
         if not args.no_demo:
-            demo = subprocess.Popen(
-                [sys.executable, "-m", "fanout.demo", "--port", str(args.demo_port)]
-            )
-            _wait_for_demo(demo, args.demo_port)
+            demo = start_demo(args.demo_port)
             logger.info(
                 "demo upstream (pid %d) on http://%s:%d", demo.pid, DEMO_HOST, args.demo_port
             )
         with metrics_directory(config.workers):
-            return serve(config)
+            return serve(config, store)
     except StartError as exc:
-        logger.error("%s", exc)
+        failure_logger.error("%s", exc)
         return 1
     except KeyboardInterrupt:
         return 0

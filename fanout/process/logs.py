@@ -24,7 +24,7 @@ _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
 
 
 class JsonFormatter(logging.Formatter):
-    """Format a record as one JSON object: time, level, logger, message, request id, extras."""
+    """Format a record as one JSON object: time, level, logger, message, pid, request id, extras."""
 
     def format(self, record: logging.LogRecord) -> str:
         """Return the record as a JSON line."""
@@ -33,6 +33,8 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
+            # Which process wrote it: the supervisor, or which of its workers.
+            "pid": record.process,
         }
         request_id = REQUEST_ID.get()
         if request_id is not None:

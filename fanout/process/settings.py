@@ -45,6 +45,10 @@ DEFAULTS: Mapping[str, Any] = MappingProxyType(
         "JOB_LEASE_SECONDS": 10.0,
         "JOB_POLL_SECONDS": 0.5,
         "JOB_SWEEP_SECONDS": 60.0,
+        # This worker's name on its jobs (their leases); empty: a random one.
+        # The `fanout` supervisor sets it for each worker it starts, so it
+        # can mark a dead worker's jobs interrupted at once.
+        "WORKER_ID": "",
         # The served process's garbage collector: allocations between young
         # passes (Python's default is 700), with what startup built frozen
         # out of every pass; 0 leaves the collector as Python sets it.
