@@ -18,13 +18,13 @@ from fanout.process.logs import set_level
 from fanout.process.metrics import install_metrics
 from fanout.process.settings import config_path, load_settings
 from handlers import health, jobs, jobs_ui, openapi, ops, proxy
-from handlers.aggregate import register_endpoints
+from handlers.aggregate import endpoint_names, register_endpoints
 from handlers.auth import install_auth
 from handlers.batch import shipped_kinds
 from handlers.errors import install_error_handlers
 from handlers.registration import check_route_clashes, register_app_code
 from handlers.request_ids import install_request_ids
-from handlers.resources import install_resources, register_job_kind
+from handlers.resources import http_session, install_resources, register_job_kind
 
 
 def _server_settings(gateway: GatewayConfig) -> dict[str, Any]:
@@ -70,7 +70,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> BridgeFlask:
     app.json = _ClientJSON(app)
     load_settings(app, config, _server_settings(gateway))
     install_request_ids(app)
-    install_auth(app, gateway.auth.api_keys)
+    install_auth(app, gateway, endpoint_names(gateway.endpoints), lambda: http_session(app))
     install_error_handlers(app)
     install_metrics(app)
     install_resources(app, gateway)
