@@ -67,7 +67,10 @@ class JwksCache:
         stale = self._fetched_at is None or now - self._fetched_at >= self._max_age
         unknown = kid is not None and kid not in self._keys
         may_retry = self._attempted_at is None or now - self._attempted_at >= self._refetch_after
-        if (stale or unknown) and may_retry:
+        if self._fetching is not None and not self._fetching.done():
+            # A fetch is under way (started by another request): its keys may be the ones.
+            await asyncio.shield(self._fetching)
+        elif (stale or unknown) and may_retry:
             await self._refresh()
         if self._fetched_at is None:
             raise JwksUnavailable(f"the key set at {self.url} could not be fetched")
