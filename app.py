@@ -22,6 +22,7 @@ from handlers.aggregate import endpoint_names, register_endpoints
 from handlers.auth import install_auth
 from handlers.batch import shipped_kinds
 from handlers.errors import install_error_handlers
+from handlers.rate_limits import install_rate_limits
 from handlers.registration import check_route_clashes, register_app_code
 from handlers.request_ids import install_request_ids
 from handlers.resources import http_session, install_resources, register_job_kind
@@ -70,7 +71,10 @@ def create_app(config: Mapping[str, Any] | None = None) -> BridgeFlask:
     app.json = _ClientJSON(app)
     load_settings(app, config, _server_settings(gateway))
     install_request_ids(app)
-    install_auth(app, gateway, endpoint_names(gateway.endpoints), lambda: http_session(app))
+    names = endpoint_names(gateway.endpoints)
+    install_auth(app, gateway, names, lambda: http_session(app))
+    # After auth: limits count per caller.
+    install_rate_limits(app, gateway, names)
     install_error_handlers(app)
     install_metrics(app)
     install_resources(app, gateway)
