@@ -21,6 +21,7 @@ from handlers import health, jobs, jobs_ui, openapi, ops, proxy
 from handlers.aggregate import endpoint_names, register_endpoints
 from handlers.auth import install_auth
 from handlers.batch import shipped_kinds
+from handlers.cors import install_cors
 from handlers.errors import install_error_handlers
 from handlers.rate_limits import install_rate_limits
 from handlers.registration import check_route_clashes, register_app_code
@@ -72,6 +73,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> BridgeFlask:
     load_settings(app, config, _server_settings(gateway))
     install_request_ids(app)
     names = endpoint_names(gateway.endpoints)
+    # Before auth and rate limits: a CORS preflight skips both.
+    install_cors(app, gateway.cors)
     install_auth(app, gateway, names, lambda: http_session(app))
     # After auth: limits count per caller.
     install_rate_limits(app, gateway, names)
