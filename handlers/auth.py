@@ -25,9 +25,10 @@ from handlers.tokens import InvalidToken, TokenVerifier, token_scopes
 
 logger = logging.getLogger(__name__)
 
-#: Routes open without a key: probes, metrics, and the API description
-#: (clients read it before they have a key; it holds no secrets).
-OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json"})
+#: Routes open without a key: probes, metrics, the API description (clients
+#: read it before they have a key) and the jobs page (static: it asks for the
+#: caller's key or token, and shows nothing without one). None holds secrets.
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json", "/jobs/ui"})
 AUTH_KEY = "fanout.auth"
 #: The Flask endpoint of the proxy view, whose policy is its upstream's.
 PROXY_ENDPOINT = "proxy.proxy"
