@@ -158,8 +158,15 @@ def _forwarded(rules: Sequence[ForwardRule]) -> list[Forwarded]:
         return [_NOTHING] * len(rules)
     caller = current_caller()
     query = request.query_string.decode("latin-1")
-    headers = list(request.headers.items())
-    return [forwarded(rule, headers, query, caller.name) for rule in rules]
+    # Only the listed headers are looked up (iterating all of them costs more),
+    # and backends with the same rule (often all of them) share one result.
+    wanted = {name for rule in rules for name in rule.headers}
+    headers = [(name, value) for name in wanted for value in request.headers.getlist(name)]
+    done: dict[ForwardRule, Forwarded] = {}
+    for rule in rules:
+        if rule not in done:
+            done[rule] = forwarded(rule, headers, query, caller.name)
+    return [done[rule] for rule in rules]
 
 
 def _backend_paths(

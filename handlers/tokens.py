@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import time
+from collections import OrderedDict
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 import jwt
@@ -14,6 +17,14 @@ from fanout.core.config import JwtConfig
 
 #: Claims every accepted token must carry.
 REQUIRED_CLAIMS = ["exp", "iss", "aud", "sub"]
+#: A verified token is taken on trust again, without checking its signature,
+#: for at most this many seconds (and never past its ``exp``): a client sends
+#: the same token with every request, and verifying costs far more than the
+#: rest of the gateway's auth work. A key withdrawn from the JWKS stops its
+#: tokens within this time.
+VERIFIED_SECONDS = 60.0
+#: How many verified tokens are remembered (least recently used dropped).
+VERIFIED_ENTRIES = 4096
 _HMAC = frozenset({"HS256", "HS384", "HS512"})
 
 
@@ -30,9 +41,27 @@ class TokenVerifier:
         self._algorithms = frozenset(config.algorithms)
         # Loaded once: PEM parsing is far slower than a verification.
         self._pem_keys = [load_pem_public_key(pem.encode()) for pem in config.public_keys]
+        # token -> (trusted until, epoch seconds; its claims)
+        self._verified: OrderedDict[str, tuple[float, Mapping[str, Any]]] = OrderedDict()
 
     async def verify(self, token: str) -> Mapping[str, Any]:
         """Return the token's verified claims; raise InvalidToken (or JwksUnavailable)."""
+        now = time.time()
+        known = self._verified.get(token)
+        if known is not None:
+            if now < known[0]:
+                self._verified.move_to_end(token)
+                return known[1]
+            del self._verified[token]
+        # Read-only: every request with this token shares the one mapping.
+        claims = MappingProxyType(dict(await self._verify(token)))
+        until = min(float(claims["exp"]) + self.config.leeway, now + VERIFIED_SECONDS)
+        self._verified[token] = (until, claims)
+        if len(self._verified) > VERIFIED_ENTRIES:
+            self._verified.popitem(last=False)
+        return claims
+
+    async def _verify(self, token: str) -> Mapping[str, Any]:
         try:
             header = jwt.get_unverified_header(token)
         except PyJWTError:
