@@ -75,9 +75,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> BridgeFlask:
     names = endpoint_names(gateway.endpoints)
     # Before auth and rate limits: a CORS preflight skips both.
     install_cors(app, gateway.cors)
-    install_auth(app, gateway, names, lambda: http_session(app))
-    # After auth: limits count per caller.
-    install_rate_limits(app, gateway, names)
+    # Run by auth's hook once the caller is known: limits count per caller.
+    check_rate_limits = install_rate_limits(app, gateway, names)
+    install_auth(app, gateway, names, lambda: http_session(app), then=check_rate_limits)
     install_error_handlers(app)
     install_metrics(app)
     install_resources(app, gateway)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hmac
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -145,7 +145,7 @@ def _from_key(auth: Auth, token: str, address: str) -> Caller | None:
 
 
 def _authenticate_keys() -> Response | None:
-    """The hook when only API keys are configured (no await: no switch to the loop)."""
+    """Identify the caller by API key (no await: no switch to the loop)."""
     auth = auth_of()
     policy = auth.policy()
     address = auth.address()
@@ -159,7 +159,7 @@ def _authenticate_keys() -> Response | None:
 
 
 async def _authenticate_tokens() -> Response | None:
-    """The hook when JWT is configured (keys too, perhaps)."""
+    """Identify the caller by API key or JWT."""
     auth = auth_of()
     policy = auth.policy()
     address = auth.address()
@@ -185,16 +185,37 @@ async def _authenticate_tokens() -> Response | None:
     return _admit(auth, policy, caller)
 
 
+#: A check run once the caller is known (the rate limits), in the same hook.
+Then = Callable[[], Awaitable[Response | None]]
+
+
+def _gate(then: Then | None) -> Callable[[], Awaitable[Response | None]]:
+    async def gate() -> Response | None:
+        # One async hook for auth and what follows it: each async hook is a
+        # switch to the loop and back, on every request.
+        if auth_of().verifier is not None:
+            answer = await _authenticate_tokens()
+        else:
+            answer = _authenticate_keys()
+        if answer is not None or then is None:
+            return answer
+        return await then()
+
+    return gate
+
+
 def install_auth(
     app: Flask,
     gateway: GatewayConfig,
     endpoint_names: Sequence[tuple[str, EndpointConfig]],
     session: Callable[[], Any],
+    then: Then | None = None,
 ) -> None:
     """Give every request its caller; refuse what its route's policy refuses.
 
     ``endpoint_names``: the aggregate endpoints' Flask endpoint names;
-    ``session``: the shared aiohttp session (the JWKS is fetched over it).
+    ``session``: the shared aiohttp session (the JWKS is fetched over it);
+    ``then``: a check run next, once the caller is known (rate limits).
     """
     jwt = gateway.auth.jwt
     verifier = None
@@ -209,4 +230,7 @@ def install_auth(
             )
         verifier = TokenVerifier(jwt, jwks)
     app.extensions[AUTH_KEY] = Auth(gateway, dict(endpoint_names), verifier)
-    app.before_request(_authenticate_keys if verifier is None else _authenticate_tokens)
+    if verifier is None and then is None:
+        app.before_request(_authenticate_keys)
+    else:
+        app.before_request(_gate(then))

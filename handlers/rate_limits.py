@@ -16,7 +16,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from flask import Flask, Response, current_app, request
@@ -191,14 +191,15 @@ async def _close(storage: Storage) -> None:
 
 def install_rate_limits(
     app: BridgeFlask, gateway: GatewayConfig, endpoint_names: Sequence[tuple[str, EndpointConfig]]
-) -> None:
-    """Limit each caller per route as configured (nothing is installed when nothing is limited).
+) -> Callable[[], Awaitable[Response | None]] | None:
+    """Set up each caller's limits per route; return the check to run once auth knew the caller.
 
-    Install after auth: the caller must be known.
+    None when nothing is limited. The check is run by auth's hook
+    (``install_auth(then=...)``): one async hook, not two.
     """
     limits = RateLimits(gateway, endpoint_names)
     app.extensions[RATE_LIMITS_KEY] = limits
     if not limits.active:
-        return
-    app.before_request(_check)
+        return None
     app.while_serving(_open)
+    return _check
