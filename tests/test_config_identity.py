@@ -60,6 +60,21 @@ def _parse(text: str) -> None:
             "g.toml: auth.jwt.audiences: required",
         ),
         ('[rate_limits]\nstorage = "redis://"\n', "g.toml: rate_limits.storage: expected"),
+        (
+            UPSTREAM + ENDPOINT.format(extra='scopes = ["a"]', backend=""),
+            "g.toml: endpoints[0].scopes: needs [auth] api_keys or [auth.jwt]",
+        ),
+        (
+            UPSTREAM.replace("internal = true", 'internal = true\nauth = "required"'),
+            "g.toml: upstreams.u.auth: needs [auth] api_keys or [auth.jwt]",
+        ),
+        (
+            UPSTREAM.replace(
+                "internal = true", 'internal = true\nheaders = { Authorization = "x" }'
+            )
+            + ENDPOINT.format(extra="", backend='  forward_headers = ["authorization"]'),
+            "g.toml: endpoints[0].backends[0].forward_headers[0]: upstream 'u' sets authorization",
+        ),
         ('[rate_limits]\nstrategy = "token-bucket"\n', "g.toml: rate_limits.strategy: expected"),
         (
             '[cors]\nallow_origins = ["*"]\nallow_credentials = true\n',

@@ -602,6 +602,9 @@ class _Parser:
         upstreams = self.upstreams(self.sub_table(document, "upstreams", ""))
         # After the upstreams: a jwks_url on an internal host must be one of theirs.
         jwt = self.jwt(auth_table, upstreams)
+        endpoints = self.endpoints(document.get("endpoints"), upstreams)
+        if not api_keys and jwt is None:
+            self.check_needs_auth(upstreams, endpoints)
         return GatewayConfig(
             app=app,
             server=server,
@@ -610,8 +613,22 @@ class _Parser:
             rate_limits=rate_limits,
             cors=cors,
             upstreams=MappingProxyType(upstreams),
-            endpoints=self.endpoints(document.get("endpoints"), upstreams),
+            endpoints=endpoints,
         )
+
+    def check_needs_auth(
+        self, upstreams: Mapping[str, UpstreamConfig], endpoints: Iterable[EndpointConfig]
+    ) -> None:
+        """Without credentials, ``auth = "required"`` or ``scopes`` would refuse every call."""
+        places = [(_key("upstreams", name), u.auth, u.scopes) for name, u in upstreams.items()]
+        places += [(f"endpoints[{i}]", e.auth, e.scopes) for i, e in enumerate(endpoints)]
+        for path, auth, scopes in places:
+            key = "auth" if auth == "required" else "scopes" if scopes else None
+            if key is not None:
+                self.fail(
+                    _key(path, key),
+                    "needs [auth] api_keys or [auth.jwt]: without them every call is refused",
+                )
 
     def app(self, table: Mapping[str, object]) -> AppConfig:
         path = "app"
@@ -1158,10 +1175,24 @@ class _Parser:
             allow=allow or (),
             deny=deny or (),
             required=self.boolean(table, "required", path, d.required),
-            forward_headers=self.forwarded_header_names(table, path),
+            forward_headers=self.forwarded_headers_of(table, path, upstreams[upstream]),
             forward_query=forward_query,
             forward_identity=self.identity_header(table, path),
         )
+
+    def forwarded_headers_of(
+        self, table: Mapping[str, object], path: str, upstream: UpstreamConfig
+    ) -> tuple[str, ...] | None:
+        names = self.forwarded_header_names(table, path)
+        fixed = {name.lower() for name in upstream.headers}
+        for index, name in enumerate(names or ()):
+            if name.lower() in fixed:
+                self.fail(
+                    f"{_key(path, 'forward_headers')}[{index}]",
+                    f"upstream {upstream.name!r} sets {name} in its headers, which would replace "
+                    "the client's; forward it or set it, not both",
+                )
+        return names
 
     def backend_path(
         self, table: Mapping[str, object], path: str, route: str, variables: frozenset[str]
