@@ -13,6 +13,7 @@ from pathlib import Path
 
 import jwt
 import pytest
+from openapi_spec_validator import OpenAPIV31SpecValidator
 
 from handlers.tokens import token_scopes
 from tests.gateway_serving import Gateway, gateway_serving
@@ -170,6 +171,12 @@ async def test_tokens_from_a_jwks_url(
             assert (await anonymous.json())["user"] is None
         # ... but not a bad token.
         assert (await _call(gateway, "/public", "not.a.token"))[0] == 401
+        async with gateway.client.get("/openapi.json") as described:
+            document = await described.json()
+        OpenAPIV31SpecValidator(document).validate()
+        paths = document["paths"]
+        assert "403" in paths["/orders"]["get"]["responses"]
+        assert paths["/public"]["get"]["security"] == [{"bearer": []}, {}]
 
 
 async def test_public_keys_without_a_jwks(

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from openapi_spec_validator import OpenAPIV31SpecValidator
 
 from tests.gateway_serving import gateway_serving
 from tests.identity_upstream import EchoUpstream, echo_upstream
@@ -95,6 +96,11 @@ async def test_the_sixth_request_in_a_second_gets_429_without_an_upstream_call(
         async with gateway.client.get("/metrics") as scraped:
             text = await scraped.text()
         assert 'fanout_rate_limited_total{route="GET /limited"} 1.0' in text
+        async with gateway.client.get("/openapi.json") as described:
+            document = await described.json()
+        OpenAPIV31SpecValidator(document).validate()
+        assert "429" in document["paths"]["/limited"]["get"]["responses"]
+        assert "429" not in document["paths"]["/unlimited"]["get"]["responses"]
 
 
 async def test_two_gateway_processes_on_one_redis_share_one_budget(
