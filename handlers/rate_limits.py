@@ -85,7 +85,8 @@ class RateLimits:
 
     def limit(self) -> Limit | None:
         """The limit of the current request's route, if any."""
-        if request.path in OPEN_PATHS or request.method == "OPTIONS":
+        # A CORS preflight never gets here: handlers.cors answers it first.
+        if request.path in OPEN_PATHS:
             return None
         endpoint = request.endpoint
         if endpoint == PROXY_ENDPOINT and request.view_args:
