@@ -37,6 +37,8 @@ logger = logging.getLogger(__name__)
 RATE_LIMITS_KEY = "fanout.rate_limits"
 #: How long a request waits for the storage before it is let through unchecked.
 STORAGE_TIMEOUT = 0.25
+#: How often the memory storage frees the entries of past windows.
+SWEEP_SECONDS = 1.0
 #: Seconds between two log lines about a failing storage (the metric counts each request).
 LOG_EVERY = 10.0
 
@@ -110,9 +112,31 @@ class RateLimits:
             )
 
 
+class SweepingMemoryStorage(MemoryStorage):
+    """limits' asyncio memory storage, sweeping expired entries at most once per SWEEP_SECONDS.
+
+    The library schedules its sweep on every hit, and the sweep hands each
+    key's moving window to a thread (``asyncio.to_thread``): a task and a
+    thread hop per request: 85 µs of CPU per moving-window hit against 20 µs
+    with this (a loop of hits that yields to the event loop, on this 2-core
+    machine). Entries past their window are still ignored by every check;
+    the sweep only frees their memory.
+    """
+
+    _last_sweep = -math.inf
+
+    async def _MemoryStorage__schedule_expiry(self) -> None:
+        # MemoryStorage calls self.__schedule_expiry(), mangled to this name.
+        now = time.monotonic()
+        if now - self._last_sweep < SWEEP_SECONDS:
+            return
+        self._last_sweep = now
+        await super()._MemoryStorage__schedule_expiry()  # type: ignore[misc]
+
+
 def _storage(url: str) -> Storage:
     if url == "memory://":
-        return MemoryStorage()
+        return SweepingMemoryStorage()
     # redis-py's asyncio client (already the Redis job store's), not coredis;
     # short socket timeouts: a stalled Redis must not hold requests.
     return RedisStorage(

@@ -10,8 +10,11 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from limits import parse
+from limits.aio.strategies import MovingWindowRateLimiter
 from openapi_spec_validator import OpenAPIV31SpecValidator
 
+from handlers.rate_limits import SweepingMemoryStorage
 from tests.gateway_serving import gateway_serving
 from tests.identity_upstream import EchoUpstream, echo_upstream
 from tests.processes import start_gateway
@@ -139,3 +142,23 @@ async def test_a_stopped_redis_lets_requests_through_and_is_counted(
             text = await scraped.text()
     assert "fanout_rate_limit_storage_errors_total 4.0" in text
     assert echo.calls == 6
+
+
+async def test_the_memory_storage_sweeps_at_most_once_a_second() -> None:
+    # limits' own memory storage starts a sweep task (a thread hop per key)
+    # after every hit; ours keeps the first for a second.
+    storage = SweepingMemoryStorage()
+    limiter = MovingWindowRateLimiter(storage)
+    item = parse("100/second")
+    try:
+        await limiter.hit(item, "key")
+        first = storage.timer
+        assert first is not None
+        for _ in range(5):
+            await asyncio.sleep(0)  # the sweep runs and ends
+            assert await limiter.hit(item, "key")
+        assert storage.timer is first
+    finally:
+        if storage.timer is not None:
+            storage.timer.cancel()
+            await asyncio.gather(storage.timer, return_exceptions=True)
