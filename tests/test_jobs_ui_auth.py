@@ -42,7 +42,7 @@ async def _start(gateway: Gateway, key: str) -> dict[str, Any]:
         # Quick items first, then slow ones: the job runs long enough for a
         # slow browser to see its bar move, and never ends by itself here.
         "path": "/echo?ms={item}",
-        "items": [300 + n for n in range(4)] + [2500 + n for n in range(20)],
+        "items": [300 + n for n in range(4)] + [1500 + n for n in range(30)],
         "concurrency": 1,
     }
     headers = {"Authorization": f"Bearer {key}"}
