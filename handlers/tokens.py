@@ -89,8 +89,10 @@ class TokenVerifier:
                 continue  # another of the candidate keys may have signed it
             except PyJWTError as exc:
                 raise InvalidToken(_reason(exc)) from None
-            if not isinstance(claims.get("sub"), str) or not claims["sub"]:
-                raise InvalidToken("no subject")
+            subject = claims.get("sub")
+            # The subject names the caller in logs and in forward_identity's header.
+            if not isinstance(subject, str) or not subject or not subject.isprintable():
+                raise InvalidToken("unusable subject")
             return claims
         raise InvalidToken("signature not verified by any known key")
 

@@ -52,6 +52,11 @@ def _parse(text: str) -> None:
         ),
         (JWT, "g.toml: auth.jwt: expected jwks_url or public_keys"),
         (
+            JWT
+            + 'public_keys = ["-----BEGIN PUBLIC KEY-----\\nnope\\n-----END PUBLIC KEY-----"]\n',
+            "g.toml: auth.jwt.public_keys[0]: expected a PEM public key",
+        ),
+        (
             UPSTREAM + JWT + 'jwks_url = "http://127.0.0.1:10/jwks"\n',
             "g.toml: auth.jwt.jwks_url: an internal host is allowed only on the origin",
         ),

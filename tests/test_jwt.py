@@ -94,6 +94,7 @@ REASONS = {
     "tampered payload": "signature not verified by any known key",
     "HS256 with the public key": "algorithm not allowed",
     "garbage": "malformed token",
+    "subject with a newline": "unusable subject",
 }
 
 
@@ -116,6 +117,7 @@ def _bad_tokens(good: SigningKey, stranger: SigningKey) -> dict[str, str]:
         "tampered payload": f"{header}.{_segment({**claims, 'sub': 'mallory'})}.{signature}",
         "HS256 with the public key": _hs256_with(good.public_pem(), claims),
         "garbage": "not.a.token",
+        "subject with a newline": good.token(sub="alice\r\nX-Admin: yes"),
     }
 
 

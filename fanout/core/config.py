@@ -19,6 +19,8 @@ from types import MappingProxyType
 from typing import NoReturn
 from urllib.parse import urlsplit
 
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from limits import parse as limits_parse
 
 __all__ = [
@@ -978,8 +980,13 @@ class _Parser:
             self.fail(_key(path, "secret"), "set, but algorithms lists no HS256/HS384/HS512")
         public_keys = self.strings(table, "public_keys", path) or ()
         for index, pem in enumerate(public_keys):
-            if "-----BEGIN PUBLIC KEY-----" not in pem:
-                self.fail(f"{_key(path, 'public_keys')}[{index}]", "expected a PEM public key")
+            try:
+                load_pem_public_key(pem.encode())
+            except (ValueError, UnsupportedAlgorithm):
+                self.fail(
+                    f"{_key(path, 'public_keys')}[{index}]",
+                    "expected a PEM public key (-----BEGIN PUBLIC KEY-----)",
+                )
         jwks_url = self.jwks_url(table, path, upstreams)
         asymmetric = any(a in _JWT_ASYMMETRIC for a in algorithms)
         if asymmetric and jwks_url is None and not public_keys:
