@@ -113,13 +113,14 @@ def _bearer() -> str | None:
 
 def _admit(auth: Auth, policy: Policy, caller: Caller) -> Response | None:
     CURRENT_CALLER.set(caller)
-    if caller.anonymous and policy.mode == "required":
+    # Scopes imply a credential: an anonymous caller holds none of them.
+    if caller.anonymous and (policy.mode == "required" or policy.scopes):
         return problem_response(
             401,
             detail="A valid API key or token is required: Authorization: Bearer <credential>.",
             headers={"WWW-Authenticate": _REALM},
         )
-    if policy.scopes and not caller.anonymous and not caller.has_scopes(policy.scopes):
+    if policy.scopes and not caller.has_scopes(policy.scopes):
         needed = " ".join(policy.scopes)
         return problem_response(
             403,

@@ -26,6 +26,10 @@ def _parse(text: str) -> None:
             "g.toml: endpoints[0].auth: expected one of required, optional, none, got 'maybe'",
         ),
         (
+            UPSTREAM + ENDPOINT.format(extra='auth = "none"\nscopes = ["a"]', backend=""),
+            "g.toml: endpoints[0].scopes: scopes need a credential",
+        ),
+        (
             UPSTREAM + ENDPOINT.format(extra='rate_limit = "lots"', backend=""),
             "g.toml: endpoints[0].rate_limit: expected a rate such as '10/minute'",
         ),

@@ -858,6 +858,8 @@ class _Parser:
 
     def scopes(self, table: Mapping[str, object], path: str) -> tuple[str, ...]:
         scopes = self.strings(table, "scopes", path) or ()
+        if scopes and table.get("auth") == "none":
+            self.fail(_key(path, "scopes"), 'scopes need a credential; auth = "none" takes none')
         where = _key(path, "scopes")
         for index, scope in enumerate(scopes):
             # RFC 6749 3.3: scope tokens are visible ASCII without '"' or '\\'.
