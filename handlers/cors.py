@@ -24,7 +24,9 @@ def _preflight() -> Response | None:
     ):
         # Empty; flask-cors adds the Access-Control-* fields (or none, for
         # an origin not allowed: the browser then refuses the real request).
-        return Response(status=204)
+        answer = Response(status=204)
+        del answer.headers["Content-Type"]  # Werkzeug's default; a 204 has no content
+        return answer
     return None
 
 
