@@ -18,13 +18,15 @@ from fanout.process.logs import set_level
 from fanout.process.metrics import install_metrics
 from fanout.process.settings import config_path, load_settings
 from handlers import health, jobs, jobs_ui, openapi, ops, proxy
-from handlers.aggregate import register_endpoints
+from handlers.aggregate import endpoint_names, register_endpoints
 from handlers.auth import install_auth
 from handlers.batch import shipped_kinds
+from handlers.cors import install_cors
 from handlers.errors import install_error_handlers
+from handlers.rate_limits import install_rate_limits
 from handlers.registration import check_route_clashes, register_app_code
 from handlers.request_ids import install_request_ids
-from handlers.resources import install_resources, register_job_kind
+from handlers.resources import http_session, install_resources, register_job_kind
 
 
 def _server_settings(gateway: GatewayConfig) -> dict[str, Any]:
@@ -70,7 +72,12 @@ def create_app(config: Mapping[str, Any] | None = None) -> BridgeFlask:
     app.json = _ClientJSON(app)
     load_settings(app, config, _server_settings(gateway))
     install_request_ids(app)
-    install_auth(app, gateway.auth.api_keys)
+    names = endpoint_names(gateway.endpoints)
+    # Before auth and rate limits: a CORS preflight skips both.
+    install_cors(app, gateway.cors)
+    # Run by auth's hook once the caller is known: limits count per caller.
+    check_rate_limits = install_rate_limits(app, gateway, names)
+    install_auth(app, gateway, names, lambda: http_session(app), then=check_rate_limits)
     install_error_handlers(app)
     install_metrics(app)
     install_resources(app, gateway)

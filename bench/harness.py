@@ -156,7 +156,11 @@ class Bench:
 
     @contextlib.asynccontextmanager
     async def serving(
-        self, contender: Contender, workers: int, extra_env: Mapping[str, str] | None = None
+        self,
+        contender: Contender,
+        workers: int,
+        extra_env: Mapping[str, str] | None = None,
+        ready_headers: Mapping[str, str] | None = None,
     ) -> AsyncIterator[Served]:
         """Start a contender under Hypercorn, wait until it answers, always stop it."""
         port = free_port()
@@ -173,7 +177,9 @@ class Bench:
         base_url = f"http://127.0.0.1:{port}"
         logger.info("starting %s with %d worker(s)", contender.label, workers)
         async with running(process):
-            await wait_ready(process, f"{base_url}/fan/ready-{secrets.token_hex(4)}")
+            await wait_ready(
+                process, f"{base_url}/fan/ready-{secrets.token_hex(4)}", headers=ready_headers
+            )
             yield Served(contender, workers, process, base_url)
 
     async def measure(
@@ -189,6 +195,7 @@ class Bench:
         variant: str = "",
         paths_file: Path | None = None,
         request_timeout: float = 10.0,
+        headers: Mapping[str, str] | None = None,
     ) -> Run:
         """Warm up, then one measured run; without ``served`` the load goes to the upstream."""
         assert self.upstream is not None
@@ -202,6 +209,7 @@ class Bench:
                 path=path,
                 paths_file=paths_file,
                 request_timeout=request_timeout,
+                headers=headers,
             )
         connections_before, requests_before = await self.upstream_stats()
         server_cpu = CpuMeter(served.process.pid) if served else None
@@ -220,6 +228,7 @@ class Bench:
                     path=path,
                     paths_file=paths_file,
                     request_timeout=request_timeout,
+                    headers=headers,
                 )
             )
             try:

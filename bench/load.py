@@ -10,6 +10,7 @@ import resource
 import shutil
 import subprocess
 import sys
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -119,11 +120,12 @@ async def drive(
     path: str = "/",
     paths_file: Path | None = None,
     request_timeout: float = 10.0,
+    headers: Mapping[str, str] | None = None,
 ) -> LoadResult:
     """Run one closed-loop load against ``base_url`` (127.0.0.1 only) and return its result.
 
-    ``{n}`` in ``path`` becomes a key unique to each request. The generator's
-    CPU is read from this process's reaped-children usage, so no other child
+    ``{n}`` in ``path`` becomes a key unique to each request; ``headers`` go with
+    each. The generator's CPU is read from this process's reaped-children usage, so no other child
     may exit meanwhile (servers live across runs).
     """
     if urlsplit(base_url).hostname != "127.0.0.1":
@@ -138,6 +140,7 @@ async def drive(
             f"--timeout={max(1, math.ceil(request_timeout))}s",
             "-s",
             str(WRK_SCRIPT),
+            *(f"-H{name}: {value}" for name, value in (headers or {}).items()),
             base_url,
         ]
     else:
@@ -153,6 +156,7 @@ async def drive(
         ]
         if paths_file is not None:
             argv.append(f"--paths-file={paths_file}")
+        argv += [f"--header={name}: {value}" for name, value in (headers or {}).items()]
     env = dict(os.environ, BENCH_PATH=path, BENCH_PATHS_FILE=str(paths_file or ""))
     cpu_before = _children_cpu_seconds()
     process = await asyncio.create_subprocess_exec(

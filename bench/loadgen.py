@@ -18,7 +18,7 @@ import itertools
 import json
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -81,6 +81,7 @@ async def run(
     request_timeout: float,
     max_requests: int,
     method: str,
+    headers: Mapping[str, str] | None = None,
 ) -> dict[str, float]:
     """Drive the load and return its summary."""
     if urlsplit(url).hostname != "127.0.0.1":
@@ -96,7 +97,7 @@ async def run(
             try:
                 async with (
                     asyncio.timeout(request_timeout),
-                    session.request(method, url + next(paths)) as response,
+                    session.request(method, url + next(paths), headers=headers) as response,
                 ):
                     await response.read()
             except TimeoutError:
@@ -130,7 +131,9 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=10.0)
     parser.add_argument("--max-requests", type=int, default=5_000_000)
     parser.add_argument("--method", default="GET")
+    parser.add_argument("--header", action="append", default=[], help="'Name: value'")
     args = parser.parse_args()
+    headers = dict(line.split(": ", 1) for line in args.header)
     result = asyncio.run(
         run(
             args.url.rstrip("/"),
@@ -140,6 +143,7 @@ def main() -> None:
             request_timeout=args.timeout,
             max_requests=args.max_requests,
             method=args.method,
+            headers=headers,
         )
     )
     sys.stdout.write("BENCH_JSON " + json.dumps(result) + "\n")

@@ -110,8 +110,13 @@ async def running(process: ManagedProcess) -> AsyncIterator[ManagedProcess]:
         await process.stop()
 
 
-async def wait_ready(process: ManagedProcess, url: str, seconds: float = 30.0) -> None:
-    """Wait until ``url`` answers 200, failing early if the process exits."""
+async def wait_ready(
+    process: ManagedProcess,
+    url: str,
+    seconds: float = 30.0,
+    headers: Mapping[str, str] | None = None,
+) -> None:
+    """Wait until ``url`` answers 200 (sent ``headers``), failing early if the process exits."""
     deadline = time.monotonic() + seconds
     last = "no answer"
     async with aiohttp.ClientSession() as session:
@@ -120,7 +125,9 @@ async def wait_ready(process: ManagedProcess, url: str, seconds: float = 30.0) -
             if status is not None:
                 raise RuntimeError(f"{process.name} exited ({status}):\n{process.log_tail()}")
             try:
-                async with session.get(url, timeout=aiohttp.ClientTimeout(total=5)) as answer:
+                async with session.get(
+                    url, headers=headers, timeout=aiohttp.ClientTimeout(total=5)
+                ) as answer:
                     if answer.status == 200:
                         return
                     last = f"HTTP {answer.status}: {(await answer.text())[:300]}"

@@ -54,17 +54,21 @@ def open_session(limits: SessionLimits, guard: SessionGuard | None = None) -> ai
 
 @asynccontextmanager
 async def guarded_session(
-    upstreams: Iterable[UpstreamConfig], limits: SessionLimits
+    upstreams: Iterable[UpstreamConfig],
+    limits: SessionLimits,
+    extra_origins: Iterable[str] = (),
 ) -> AsyncIterator[aiohttp.ClientSession]:
     """Open the session for these upstreams, guarded to them; close it (and its resolver) after.
 
     Only the upstreams marked ``internal`` may be on loopback or private
-    addresses, and the session reaches their configured origins only.
+    addresses, and the session reaches their configured origins only, and
+    ``extra_origins`` (URLs such as a JWKS URL: public addresses only,
+    unless on an internal upstream's host).
     """
     configs = list(upstreams)
     guard = session_guard(
         {urlsplit(cfg.base_url).hostname or "" for cfg in configs if cfg.internal},
-        origins=[cfg.base_url for cfg in configs],
+        origins=[*(cfg.base_url for cfg in configs), *extra_origins],
     )
     session = open_session(limits, guard)
     try:

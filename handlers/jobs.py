@@ -17,6 +17,7 @@ from werkzeug.exceptions import HTTPException
 
 from fanout.bridge import iterate_async
 from fanout.core.client_json import InvalidJSON, parse_client_json
+from fanout.core.identity import current_caller
 from fanout.jobs.kinds import InvalidParams
 from fanout.jobs.model import JobRecord, JobStatus, StoredResponse, is_job_id
 from fanout.jobs.registry import IdempotencyConflict, JobBody, JobContext, QueueFull, RegistryClosed
@@ -68,8 +69,9 @@ def prefers_async() -> bool:
 
 
 def _owner() -> str | None:
-    owner: str | None = g.get("api_key_name")
-    return owner
+    # Jobs belong to their caller: an API key's name, a token's subject, or
+    # no one (anonymous: shared by every anonymous caller of an open gateway).
+    return current_caller().owner
 
 
 def _iso(moment: float | None) -> str | None:

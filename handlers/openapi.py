@@ -54,7 +54,7 @@ from werkzeug.routing.converters import (
 from fanout.core.config import EndpointConfig, GatewayConfig
 from fanout.jobs.model import JobStatus
 from handlers.aggregate import BODYLESS_METHODS, COMPLETED_HEADER
-from handlers.auth import OPEN_PATHS
+from handlers.auth import OPEN_PATHS, PROXY_ENDPOINT
 from handlers.errors import PROBLEM_JSON
 from handlers.jobs import MAX_PAGE, MAX_WAIT_SECONDS
 from handlers.request_ids import HEADER as REQUEST_ID_HEADER
@@ -316,9 +316,28 @@ _PARAMETERS: JSONObject = {
 _RESPONSES: JSONObject = {
     "BadRequest": _response("The request is invalid.", _problem()),
     "Unauthorized": _response(
-        "No valid API key: send Authorization: Bearer <key>.",
+        "No valid API key or token: send Authorization: Bearer <credential>.",
         _problem(),
-        {"WWW-Authenticate": _string_header("The scheme to use: Bearer.", required=True)},
+        {
+            "WWW-Authenticate": _string_header(
+                'The scheme to use: Bearer (with error="invalid_token" for a refused token).',
+                required=True,
+            )
+        },
+    ),
+    "Forbidden": _response(
+        "The token lacks a scope this route needs.",
+        _problem(),
+        {"WWW-Authenticate": _string_header('Bearer error="insufficient_scope", scope="..."')},
+    ),
+    "TooManyRequests": _response(
+        "The caller's rate limit for this route is used up; nothing was called upstream.",
+        _problem(),
+        {
+            "Retry-After": _ref("headers", "RetryAfter"),
+            "RateLimit-Policy": _string_header('The limit: "limit";q=<requests>;w=<seconds>.'),
+            "RateLimit": _string_header('What is left: "limit";r=<remaining>;t=<seconds>.'),
+        },
     ),
     "NotFound": _response(
         "No such route, or no such resource (unknown, expired, or another key's job).",
@@ -435,7 +454,7 @@ class _Builder:
     def __init__(self, app: Flask) -> None:
         self.app = app
         self.config: GatewayConfig = gateway_config(app)
-        self.secured = bool(self.config.auth.api_keys)
+        self.secured = self.config.auth.enabled
         self.routes = _place(sorted(app.url_map.iter_rules(), key=lambda rule: rule.rule))
         self.aggregates: dict[tuple[str, str], EndpointConfig] = {
             (endpoint.path, endpoint.method): endpoint for endpoint in self.config.endpoints
@@ -471,7 +490,9 @@ class _Builder:
                 "bearer": {
                     "type": "http",
                     "scheme": "bearer",
-                    "description": "An API key from [auth] api_keys.",
+                    "description": "An API key from [auth] api_keys."
+                    if self.config.auth.jwt is None
+                    else "An API key from [auth] api_keys, or a JWT ([auth.jwt]).",
                 }
             }
             document["security"] = [{"bearer": []}]
@@ -495,13 +516,42 @@ class _Builder:
         responses: JSONObject = operation["responses"]
         if route.variables:
             responses.setdefault("404", _ref("responses", "NotFound"))
-        if route.rule.rule in OPEN_PATHS:
+        mode, scopes, limited = self.policy(route, method)
+        if route.rule.rule in OPEN_PATHS or mode == "none":
             if self.secured:
                 operation["security"] = []
         elif self.secured:
             responses.setdefault("401", _ref("responses", "Unauthorized"))
+            if mode == "optional":
+                operation["security"] = [{"bearer": []}, {}]
+            if scopes:
+                responses.setdefault("403", _ref("responses", "Forbidden"))
+        if limited:
+            responses.setdefault("429", _ref("responses", "TooManyRequests"))
         operation["responses"] = dict(sorted(responses.items()))
         return operation
+
+    def policy(self, route: _Route, method: str) -> tuple[str, tuple[str, ...], bool]:
+        """The route's auth mode, scopes, and whether a rate limit applies."""
+        aggregate = self.aggregates.get((route.rule.rule, method))
+        limits = self.config.rate_limits
+        if aggregate is not None:
+            return (
+                aggregate.auth or "required",
+                aggregate.scopes,
+                bool(aggregate.rate_limit or limits.default),
+            )
+        if route.rule.endpoint == PROXY_ENDPOINT:
+            # Per upstream: the strictest reading of them all.
+            upstreams = list(self.config.upstreams.values())
+            limited = bool(limits.default) or any(u.rate_limit for u in upstreams)
+            modes = {u.auth or "required" for u in upstreams} or {"required"}
+            mode = (
+                "required" if "required" in modes else "optional" if "optional" in modes else "none"
+            )
+            scopes = tuple(sorted({s for u in upstreams for s in u.scopes}))
+            return mode, scopes, limited
+        return "required", (), bool(limits.default) and route.rule.rule not in OPEN_PATHS
 
     def summary(self, route: _Route) -> str:
         view = self.app.view_functions.get(route.rule.endpoint)

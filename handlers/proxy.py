@@ -17,6 +17,7 @@ from fanout.bridge import (
     request_body_chunks,
     request_body_over_limit,
 )
+from fanout.core.identity import current_caller
 from fanout.core.proxy_headers import ClientSide, client_response_headers, upstream_request_headers
 from handlers.request_ids import current_request_id
 from handlers.resources import gateway_config, upstreams
@@ -47,6 +48,13 @@ async def proxy(upstream: str, path: str) -> Response:
         forward=client.config.forward_headers,
         trusted_proxies=gateway_config(current_app).server.trusted_proxies,
     )
+    identity = client.config.forward_identity
+    if identity is not None:
+        # Never the client's own claim of who it is: the caller auth established, or none.
+        headers = [(name, value) for name, value in headers if name.lower() != identity.lower()]
+        caller = current_caller()
+        if caller.name is not None:
+            headers.append((identity, caller.name))
     body = await _request_body()
     try:
         stream = await client.open_stream(

@@ -35,7 +35,10 @@ async def _http_session(app: Flask) -> AsyncIterator[None]:
         dns_cache_seconds=app.config["DNS_CACHE_SECONDS"],
         keepalive_seconds=app.config["KEEPALIVE_SECONDS"],
     )
-    async with guarded_session(gateway_config(app).upstreams.values(), limits) as session:
+    config = gateway_config(app)
+    # The JWKS URL is fetched over this session too, under the same guard.
+    jwks = [config.auth.jwt.jwks_url] if config.auth.jwt and config.auth.jwt.jwks_url else []
+    async with guarded_session(config.upstreams.values(), limits, jwks) as session:
         app.extensions[SESSION_KEY] = session
         try:
             yield

@@ -19,7 +19,12 @@ from types import MappingProxyType
 from typing import NoReturn
 from urllib.parse import urlsplit
 
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
+from limits import parse as limits_parse
+
 __all__ = [
+    "AUTH_MODES",
     "JOB_STORE_PREFIXES",
     "METHODS",
     "RESERVED_PREFIXES",
@@ -28,9 +33,12 @@ __all__ = [
     "BackendConfig",
     "CircuitBreakerConfig",
     "ConfigError",
+    "CorsConfig",
     "EndpointConfig",
     "GatewayConfig",
     "JobsConfig",
+    "JwtConfig",
+    "RateLimitsConfig",
     "ServerConfig",
     "UpstreamConfig",
     "load_gateway_config",
@@ -44,6 +52,9 @@ __all__ = [
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 #: Paths Fanout serves itself; an endpoint may not live under them.
 RESERVED_PREFIXES = ("/jobs", "/proxy", "/healthz", "/readyz", "/metrics", "/openapi.json", "/demo")
+#: Who may call a route: ``required`` (a valid key or token), ``optional``
+#: (anonymous allowed, a bad token still refused), ``none`` (credentials ignored).
+AUTH_MODES = ("required", "optional", "none")
 #: The job stores Fanout knows.
 JOB_STORE_PREFIXES = ("memory://", "sqlite:///", "redis://")
 
@@ -80,6 +91,11 @@ _MANAGED_HEADERS = frozenset(
         "upgrade",
     }
 )
+# JWT algorithms (RFC 7518): signatures with a public key, and HMAC with a shared secret.
+_JWT_ASYMMETRIC = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+)
+_JWT_HMAC = frozenset({"HS256", "HS384", "HS512"})
 # The merged response reports failed backends under this member.
 _ERRORS_MEMBER = "_errors"
 
@@ -133,6 +149,14 @@ class UpstreamConfig:
     follow_redirects: int = 0
     max_body_bytes: int = 8 * 1024 * 1024
     retry_budget: float = 0.2
+    #: Query parameters of the client passed to this upstream's backends by default.
+    forward_query: tuple[str, ...] = ()
+    #: A header that carries the caller's name (key name or token ``sub``) upstream.
+    forward_identity: str | None = None
+    #: For ``/proxy/<name>``: who may call it (None: ``required`` once auth is configured).
+    auth: str | None = None
+    scopes: tuple[str, ...] = ()
+    rate_limit: str | None = None
 
 
 @dataclass(frozen=True)
@@ -146,6 +170,10 @@ class BackendConfig:
     allow: tuple[str, ...] = ()
     deny: tuple[str, ...] = ()
     required: bool = False
+    #: None: the upstream's own setting (its default for every backend on it).
+    forward_headers: tuple[str, ...] | None = None
+    forward_query: tuple[str, ...] | None = None
+    forward_identity: str | None = None
 
 
 @dataclass(frozen=True)
@@ -157,6 +185,10 @@ class EndpointConfig:
     timeout: float = 3.0
     cache_ttl: float = 0.0
     background: bool = False
+    #: None: ``required`` once API keys or JWT are configured, else open.
+    auth: str | None = None
+    scopes: tuple[str, ...] = ()
+    rate_limit: str | None = None
     # Keyword-only so it can stay required after the defaulted fields.
     backends: tuple[BackendConfig, ...] = field(kw_only=True)
 
@@ -187,10 +219,73 @@ class JobsConfig:
 
 
 @dataclass(frozen=True)
+class JwtConfig:
+    """Bearer tokens (JWT) the gateway accepts: whose keys, for whom, which algorithms."""
+
+    issuer: str
+    audiences: tuple[str, ...]
+    jwks_url: str | None = None
+    #: PEM public keys, for tests and offline use (beside or instead of jwks_url).
+    public_keys: tuple[str, ...] = ()
+    algorithms: tuple[str, ...] = ("RS256",)
+    #: The shared secret of HS256/384/512; those algorithms are refused without it.
+    secret: str | None = None
+    leeway: float = 0.0
+    scopes_claim: str = "scope"
+
+
+@dataclass(frozen=True)
 class AuthConfig:
-    """API keys by name; none means the gateway is open."""
+    """API keys by name and JWT; neither means the gateway is open."""
 
     api_keys: Mapping[str, str] = field(default_factory=_no_headers, hash=False)
+    jwt: JwtConfig | None = None
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any credential is configured (routes then default to ``required``)."""
+        return bool(self.api_keys) or self.jwt is not None
+
+
+@dataclass(frozen=True)
+class RateLimitsConfig:
+    """Where rate-limit counters live, and the limit of routes that set none."""
+
+    #: ``memory://`` (per process) or ``redis://host:port/db`` (shared).
+    storage: str = "memory://"
+    #: e.g. "100/second"; None: only routes with their own ``rate_limit`` are limited.
+    default: str | None = None
+    #: ``moving-window`` (exact) or ``fixed-window`` (cheaper, bursts at the edges).
+    strategy: str = "moving-window"
+
+
+#: What CORS lets a browser read by default, beyond the CORS-safelisted headers.
+DEFAULT_EXPOSE_HEADERS = (
+    "X-Fanout-Completed",
+    "X-Request-ID",
+    "Location",
+    "Retry-After",
+    "RateLimit-Policy",
+    "RateLimit",
+)
+
+
+@dataclass(frozen=True)
+class CorsConfig:
+    """Which browser origins may call the gateway, and what they may send and read."""
+
+    allow_origins: tuple[str, ...]
+    allow_methods: tuple[str, ...] = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+    allow_headers: tuple[str, ...] = (
+        "Authorization",
+        "Content-Type",
+        "Idempotency-Key",
+        "Prefer",
+        "X-Request-ID",
+    )
+    expose_headers: tuple[str, ...] = DEFAULT_EXPOSE_HEADERS
+    max_age: int = 600
+    allow_credentials: bool = False
 
 
 @dataclass(frozen=True)
@@ -211,6 +306,8 @@ class GatewayConfig:
     server: ServerConfig = ServerConfig()
     jobs: JobsConfig = JobsConfig()
     auth: AuthConfig = AuthConfig()
+    rate_limits: RateLimitsConfig = RateLimitsConfig()
+    cors: CorsConfig | None = None
     upstreams: Mapping[str, UpstreamConfig] = field(default_factory=_no_upstreams, hash=False)
     endpoints: tuple[EndpointConfig, ...] = ()
 
@@ -264,6 +361,11 @@ def load_gateway_config(path: str | os.PathLike[str], env: Mapping[str, str]) ->
 def _host(url: str) -> str:
     # urlsplit lower-cases the host already; validated URLs always have one.
     return urlsplit(url).hostname or ""
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    return (parts.scheme, parts.hostname or "", parts.port)
 
 
 def _key(path: str, key: str) -> str:
@@ -495,16 +597,40 @@ class _Parser:
         app = self.app(self.sub_table(document, "app", ""))
         server = self.server(self.sub_table(document, "server", ""))
         jobs = self.jobs(self.sub_table(document, "jobs", ""))
-        auth = self.auth(self.sub_table(document, "auth", ""))
+        auth_table = self.sub_table(document, "auth", "")
+        api_keys = self.api_keys(auth_table)
+        rate_limits = self.rate_limits(self.sub_table(document, "rate_limits", ""))
+        cors = self.cors(document.get("cors"))
         upstreams = self.upstreams(self.sub_table(document, "upstreams", ""))
+        # After the upstreams: a jwks_url on an internal host must be one of theirs.
+        jwt = self.jwt(auth_table, upstreams)
+        endpoints = self.endpoints(document.get("endpoints"), upstreams)
+        if not api_keys and jwt is None:
+            self.check_needs_auth(upstreams, endpoints)
         return GatewayConfig(
             app=app,
             server=server,
             jobs=jobs,
-            auth=auth,
+            auth=AuthConfig(api_keys=api_keys, jwt=jwt),
+            rate_limits=rate_limits,
+            cors=cors,
             upstreams=MappingProxyType(upstreams),
-            endpoints=self.endpoints(document.get("endpoints"), upstreams),
+            endpoints=endpoints,
         )
+
+    def check_needs_auth(
+        self, upstreams: Mapping[str, UpstreamConfig], endpoints: Iterable[EndpointConfig]
+    ) -> None:
+        """Without credentials, ``auth = "required"`` or ``scopes`` would refuse every call."""
+        places = [(_key("upstreams", name), u.auth, u.scopes) for name, u in upstreams.items()]
+        places += [(f"endpoints[{i}]", e.auth, e.scopes) for i, e in enumerate(endpoints)]
+        for path, auth, scopes in places:
+            key = "auth" if auth == "required" else "scopes" if scopes else None
+            if key is not None:
+                self.fail(
+                    _key(path, key),
+                    "needs [auth] api_keys or [auth.jwt]: without them every call is refused",
+                )
 
     def app(self, table: Mapping[str, object]) -> AppConfig:
         path = "app"
@@ -562,7 +688,7 @@ class _Parser:
             max_result_bytes=self.integer(table, "max_result_bytes", path, d.max_result_bytes, 1),
         )
 
-    def auth(self, table: Mapping[str, object]) -> AuthConfig:
+    def api_keys(self, table: Mapping[str, object]) -> Mapping[str, str]:
         path = "auth"
         self.check_keys(table, path, _keys_of(AuthConfig))
         where = _key(path, "api_keys")
@@ -584,7 +710,7 @@ class _Parser:
                 self.fail(key_path, f"the same key as {_key(where, owners[key])}; keys must differ")
             owners[key] = name
             keys[name] = key
-        return AuthConfig(api_keys=MappingProxyType(keys))
+        return MappingProxyType(keys)
 
     def upstreams(self, table: Mapping[str, object]) -> dict[str, UpstreamConfig]:
         upstreams: dict[str, UpstreamConfig] = {}
@@ -629,6 +755,11 @@ class _Parser:
             follow_redirects=self.integer(table, "follow_redirects", path, 0, 0, 10),
             max_body_bytes=self.integer(table, "max_body_bytes", path, d.max_body_bytes, 1),
             retry_budget=self.number(table, "retry_budget", path, d.retry_budget, low=0, high=1),
+            forward_query=self.query_names(table, path) or (),
+            forward_identity=self.identity_header(table, path),
+            auth=self.auth_mode(table, path),
+            scopes=self.scopes(table, path),
+            rate_limit=self.rate_limit(table, "rate_limit", path),
         )
 
     def base_url(self, table: Mapping[str, object], path: str) -> str:
@@ -675,7 +806,14 @@ class _Parser:
         return MappingProxyType(headers)
 
     def forward_headers(self, table: Mapping[str, object], path: str) -> tuple[str, ...]:
-        names = self.strings(table, "forward_headers", path) or ()
+        return self.forwarded_header_names(table, path) or ()
+
+    def forwarded_header_names(
+        self, table: Mapping[str, object], path: str
+    ) -> tuple[str, ...] | None:
+        names = self.strings(table, "forward_headers", path)
+        if names is None:
+            return None
         where = _key(path, "forward_headers")
         seen: set[str] = set()
         for index, name in enumerate(names):
@@ -684,6 +822,216 @@ class _Parser:
                 self.fail(f"{where}[{index}]", f"{name} is listed twice")
             seen.add(name.lower())
         return names
+
+    def query_names(self, table: Mapping[str, object], path: str) -> tuple[str, ...] | None:
+        names = self.strings(table, "forward_query", path)
+        if names is None:
+            return None
+        where = _key(path, "forward_query")
+        for index, name in enumerate(names):
+            if not name or _has_control(name) or any(ch in name for ch in "&=#? "):
+                self.fail(
+                    f"{where}[{index}]",
+                    f"expected a query parameter name (no '&', '=', '#', '?' or spaces), "
+                    f"got {_describe(name)}",
+                )
+            if name in names[:index]:
+                self.fail(f"{where}[{index}]", f"{name!r} is listed twice")
+        return names
+
+    def identity_header(self, table: Mapping[str, object], path: str) -> str | None:
+        if "forward_identity" not in table:
+            return None
+        where = _key(path, "forward_identity")
+        name = self.header_name(self.string(table["forward_identity"], where), where)
+        if name.lower() in ("authorization", "cookie"):
+            self.fail(where, f"{name} carries credentials; name a header such as X-User-Id")
+        return name
+
+    def auth_mode(self, table: Mapping[str, object], path: str) -> str | None:
+        if "auth" not in table:
+            return None
+        mode = self.string(table["auth"], _key(path, "auth"))
+        if mode not in AUTH_MODES:
+            self.fail(_key(path, "auth"), f"expected one of {', '.join(AUTH_MODES)}, got {mode!r}")
+        return mode
+
+    def scopes(self, table: Mapping[str, object], path: str) -> tuple[str, ...]:
+        scopes = self.strings(table, "scopes", path) or ()
+        if scopes and table.get("auth") == "none":
+            self.fail(_key(path, "scopes"), 'scopes need a credential; auth = "none" takes none')
+        where = _key(path, "scopes")
+        for index, scope in enumerate(scopes):
+            # RFC 6749 3.3: scope tokens are visible ASCII without '"' or '\\'.
+            if not scope or any(not 0x21 <= ord(ch) <= 0x7E or ch in '"\\' for ch in scope):
+                self.fail(f"{where}[{index}]", f"expected a scope token, got {_describe(scope)}")
+        return scopes
+
+    def rate_limit(self, table: Mapping[str, object], key: str, path: str) -> str | None:
+        if key not in table:
+            return None
+        where = _key(path, key)
+        text = self.string(table[key], where)
+        try:
+            limits_parse(text)
+        except ValueError:
+            self.fail(where, f"expected a rate such as '10/minute' or '100/second', got {text!r}")
+        return text
+
+    def rate_limits(self, table: Mapping[str, object]) -> RateLimitsConfig:
+        path = "rate_limits"
+        self.check_keys(table, path, _keys_of(RateLimitsConfig))
+        d = RateLimitsConfig()
+        storage = self.optional_string(table, "storage", path, d.storage)
+        if not (
+            storage == "memory://" or (storage.startswith("redis://") and storage != "redis://")
+        ):
+            # Never echo it: a Redis URL may hold a password.
+            self.fail(_key(path, "storage"), "expected memory:// or redis://<host>[:port][/db]")
+        strategy = self.optional_string(table, "strategy", path, d.strategy)
+        if strategy not in ("moving-window", "fixed-window"):
+            self.fail(
+                _key(path, "strategy"),
+                f"expected moving-window or fixed-window, got {strategy!r}",
+            )
+        return RateLimitsConfig(
+            storage=storage, default=self.rate_limit(table, "default", path), strategy=strategy
+        )
+
+    def cors(self, value: object) -> CorsConfig | None:
+        if value is None:
+            return None
+        path = "cors"
+        table = self.table(value, path)
+        self.check_keys(table, path, _keys_of(CorsConfig))
+        origins = self.strings(table, "allow_origins", path)
+        where = _key(path, "allow_origins")
+        if not origins:
+            self.fail(where, "required; expected at least one origin such as 'https://app.example'")
+        for index, origin in enumerate(origins):
+            parts = urlsplit(origin)
+            exact = (
+                parts.scheme in ("http", "https")
+                and parts.netloc
+                and not parts.path
+                and not parts.query
+                and not parts.fragment
+                and origin == origin.lower()
+            )
+            if origin != "*" and not exact:
+                self.fail(
+                    f"{where}[{index}]",
+                    f"expected '*' or an origin such as 'https://app.example' (scheme, host and "
+                    f"port, lower case, no path), got {_describe(origin)}",
+                )
+        d = CorsConfig(allow_origins=())
+        credentials = self.boolean(table, "allow_credentials", path, d.allow_credentials)
+        if credentials and "*" in origins:
+            self.fail(
+                _key(path, "allow_credentials"),
+                "cannot be true with allow_origins = ['*']; list the origins",
+            )
+        methods = self.strings(table, "allow_methods", path)
+        for index, method in enumerate(methods or ()):
+            if method.upper() not in (*METHODS, "HEAD", "OPTIONS"):
+                self.fail(f"{_key(path, 'allow_methods')}[{index}]", f"unknown method {method!r}")
+        allow_headers = self.strings(table, "allow_headers", path)
+        expose_headers = self.strings(table, "expose_headers", path)
+        for key, names in (("allow_headers", allow_headers), ("expose_headers", expose_headers)):
+            for index, name in enumerate(names or ()):
+                if not _TOKEN.fullmatch(name):
+                    self.fail(f"{_key(path, key)}[{index}]", f"invalid header name {name!r}")
+        return CorsConfig(
+            allow_origins=origins,
+            allow_methods=tuple(m.upper() for m in methods) if methods else d.allow_methods,
+            allow_headers=allow_headers if allow_headers is not None else d.allow_headers,
+            expose_headers=expose_headers if expose_headers is not None else d.expose_headers,
+            max_age=self.integer(table, "max_age", path, d.max_age, 0, 86400),
+            allow_credentials=credentials,
+        )
+
+    def jwt(
+        self, auth: Mapping[str, object], upstreams: Mapping[str, UpstreamConfig]
+    ) -> JwtConfig | None:
+        if auth.get("jwt") is None:
+            return None
+        path = "auth.jwt"
+        table = self.table(auth["jwt"], path)
+        self.check_keys(table, path, _keys_of(JwtConfig))
+        issuer = self.required_string(table, "issuer", path, "the issuer (iss) tokens must carry")
+        audiences = self.strings(table, "audiences", path)
+        if not audiences:
+            self.fail(_key(path, "audiences"), "required; expected at least one audience (aud)")
+        secret = self.optional_string(table, "secret", path, "") if "secret" in table else None
+        if secret is not None and len(secret) < 32:
+            self.fail(_key(path, "secret"), f"expected at least 32 characters, got {len(secret)}")
+        d = JwtConfig(issuer="", audiences=())
+        algorithms = self.strings(table, "algorithms", path) or d.algorithms
+        where = _key(path, "algorithms")
+        for index, algorithm in enumerate(algorithms):
+            if algorithm.upper().startswith("HS") and algorithm in _JWT_HMAC:
+                if secret is None:
+                    self.fail(
+                        f"{where}[{index}]",
+                        f"{algorithm} needs a shared secret: set {path}.secret explicitly",
+                    )
+            elif algorithm not in _JWT_ASYMMETRIC:
+                known = ", ".join(sorted(_JWT_ASYMMETRIC | _JWT_HMAC))
+                self.fail(f"{where}[{index}]", f"expected one of {known}, got {algorithm!r}")
+        if secret is not None and not any(a in _JWT_HMAC for a in algorithms):
+            self.fail(_key(path, "secret"), "set, but algorithms lists no HS256/HS384/HS512")
+        public_keys = self.strings(table, "public_keys", path) or ()
+        for index, pem in enumerate(public_keys):
+            try:
+                load_pem_public_key(pem.encode())
+            except (ValueError, UnsupportedAlgorithm):
+                self.fail(
+                    f"{_key(path, 'public_keys')}[{index}]",
+                    "expected a PEM public key (-----BEGIN PUBLIC KEY-----)",
+                )
+        jwks_url = self.jwks_url(table, path, upstreams)
+        asymmetric = any(a in _JWT_ASYMMETRIC for a in algorithms)
+        if asymmetric and jwks_url is None and not public_keys:
+            self.fail(path, "expected jwks_url or public_keys (where the signing keys come from)")
+        scopes_claim = self.optional_string(table, "scopes_claim", path, d.scopes_claim)
+        if not scopes_claim:
+            self.fail(_key(path, "scopes_claim"), "expected a claim name such as 'scope' or 'scp'")
+        return JwtConfig(
+            issuer=issuer,
+            audiences=audiences,
+            jwks_url=jwks_url,
+            public_keys=public_keys,
+            algorithms=algorithms,
+            secret=secret,
+            leeway=self.number(table, "leeway", path, d.leeway, low=0, high=300),
+            scopes_claim=scopes_claim,
+        )
+
+    def jwks_url(
+        self, table: Mapping[str, object], path: str, upstreams: Mapping[str, UpstreamConfig]
+    ) -> str | None:
+        if "jwks_url" not in table:
+            return None
+        where = _key(path, "jwks_url")
+        url = self.string(table["jwks_url"], where)
+        try:
+            parts = urlsplit(url)
+            port = parts.port
+        except ValueError as exc:
+            self.fail(where, f"not a valid URL ({exc})")
+        if parts.scheme not in ("http", "https") or not parts.hostname or "@" in parts.netloc:
+            self.fail(where, "expected an http or https URL with a host and no user info")
+        internal = {_host(u.base_url) for u in upstreams.values() if u.internal}
+        if parts.hostname in internal:
+            # The session lets internal hosts be private only on their upstreams' origins.
+            origins = {_origin(u.base_url) for u in upstreams.values() if u.internal}
+            if (parts.scheme, parts.hostname, port) not in origins:
+                self.fail(
+                    where,
+                    "an internal host is allowed only on the origin (scheme, host, port) of an "
+                    "upstream with internal = true",
+                )
+        return url
 
     def circuit_breaker(self, table: Mapping[str, object], path: str) -> CircuitBreakerConfig:
         where = _key(path, "circuit_breaker")
@@ -754,6 +1102,9 @@ class _Parser:
             timeout=self.number(table, "timeout", path, d.timeout, above=0),
             cache_ttl=self.number(table, "cache_ttl", path, d.cache_ttl, low=0),
             background=self.boolean(table, "background", path, d.background),
+            auth=self.auth_mode(table, path),
+            scopes=self.scopes(table, path),
+            rate_limit=self.rate_limit(table, "rate_limit", path),
             backends=tuple(backends),
         )
 
@@ -818,15 +1169,39 @@ class _Parser:
         deny = self.field_paths(table, "deny", path)
         if allow is not None and deny is not None:
             self.fail(_key(path, "deny"), "allow and deny are mutually exclusive; keep one")
+        pass_query = self.boolean(table, "pass_query", path, d.pass_query)
+        forward_query = self.query_names(table, path)
+        if pass_query and forward_query is not None:
+            self.fail(
+                _key(path, "forward_query"),
+                "pass_query = true already passes every parameter; keep one",
+            )
         return BackendConfig(
             upstream=upstream,
             path=self.backend_path(table, path, route, variables),
-            pass_query=self.boolean(table, "pass_query", path, d.pass_query),
+            pass_query=pass_query,
             group=group,
             allow=allow or (),
             deny=deny or (),
             required=self.boolean(table, "required", path, d.required),
+            forward_headers=self.forwarded_headers_of(table, path, upstreams[upstream]),
+            forward_query=forward_query,
+            forward_identity=self.identity_header(table, path),
         )
+
+    def forwarded_headers_of(
+        self, table: Mapping[str, object], path: str, upstream: UpstreamConfig
+    ) -> tuple[str, ...] | None:
+        names = self.forwarded_header_names(table, path)
+        fixed = {name.lower() for name in upstream.headers}
+        for index, name in enumerate(names or ()):
+            if name.lower() in fixed:
+                self.fail(
+                    f"{_key(path, 'forward_headers')}[{index}]",
+                    f"upstream {upstream.name!r} sets {name} in its headers, which would replace "
+                    "the client's; forward it or set it, not both",
+                )
+        return names
 
     def backend_path(
         self, table: Mapping[str, object], path: str, route: str, variables: frozenset[str]

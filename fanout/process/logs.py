@@ -9,6 +9,8 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from fanout.core.identity import CURRENT_CALLER
+
 #: The id of the request being served, for every log line it causes (set by
 #: request_ids; tasks started during the request inherit it, jobs included).
 REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar(
@@ -39,6 +41,10 @@ class JsonFormatter(logging.Formatter):
         request_id = REQUEST_ID.get()
         if request_id is not None:
             entry["request_id"] = request_id
+        caller = CURRENT_CALLER.get()
+        if caller is not None:
+            # A name, never a credential: the key's configured name or the token's sub.
+            entry["caller"] = caller.label
         if record.name == "hypercorn.access" and isinstance(record.args, Mapping):
             entry.update(_access_fields(record.args))
         for key, value in vars(record).items():

@@ -37,6 +37,7 @@ from prometheus_client.registry import Collector
 from fanout.bridge import BridgeFlask, request_received_at, serving_state
 from fanout.bridge.serving import ServingState
 from fanout.core.circuit import CircuitState
+from fanout.core.identity import CURRENT_CALLER, CallerKind
 from fanout.jobs.model import JobStatus
 from fanout.jobs.store import JobStore, StoreUnavailable
 
@@ -70,6 +71,9 @@ class Metrics:
     sync_views_running: Gauge
     sync_views_queued: Gauge
     loop_lag_seconds: Histogram
+    caller_requests: Counter
+    rate_limited: Counter
+    rate_limit_errors: Counter
     #: Labelled children already looked up: ``labels()`` validates and locks on
     #: every call, and the hot paths ask for the same few children each time.
     _children: dict[tuple[Any, ...], Any] = field(default_factory=dict)
@@ -182,6 +186,23 @@ def _build() -> Metrics:
             registry=registry,
             buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
         ),
+        caller_requests=Counter(
+            "fanout_caller_requests",
+            "HTTP requests by caller: api_key:<name>, jwt (every token subject) or anonymous",
+            ["caller"],
+            registry=registry,
+        ),
+        rate_limited=Counter(
+            "fanout_rate_limited",
+            "Requests refused with 429 by a rate limit, by route",
+            ["route"],
+            registry=registry,
+        ),
+        rate_limit_errors=Counter(
+            "fanout_rate_limit_storage_errors",
+            "Requests let through unchecked because the rate-limit storage failed (fail open)",
+            registry=registry,
+        ),
     )
 
 
@@ -214,6 +235,13 @@ def _end(response: Response) -> Response:
     found = metrics_of_request()
     route, method = _route(), _method()
     found.child(found.requests, route, method, str(response.status_code)).inc()
+    caller = CURRENT_CALLER.get()
+    # Key names are few and configured; token subjects are unbounded, so
+    # they share one series (the log lines name each).
+    label = "anonymous" if caller is None or caller.anonymous else caller.label
+    if caller is not None and caller.kind is CallerKind.JWT:
+        label = "jwt"
+    found.child(found.caller_requests, label).inc()
     started = g.get("metrics_started")
     if started is not None:
         found.child(found.request_seconds, route, method).observe(time.perf_counter() - started)

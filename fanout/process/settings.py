@@ -53,6 +53,11 @@ DEFAULTS: Mapping[str, Any] = MappingProxyType(
         # passes (Python's default is 700), with what startup built frozen
         # out of every pass; 0 leaves the collector as Python sets it.
         "GC_THRESHOLD": 50_000,
+        # [auth.jwt] jwks_url: a token signed by a key the cached set lacks
+        # refetches the set, at most once per this many seconds; the set is
+        # also refetched when older than JWKS_MAX_AGE_SECONDS.
+        "JWKS_REFETCH_SECONDS": 60.0,
+        "JWKS_MAX_AGE_SECONDS": 3600.0,
     }
 )
 
