@@ -16,10 +16,13 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from datetime import date, datetime, time
 from types import MappingProxyType
-from typing import NoReturn
+from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 from limits import parse as limits_parse
+
+from fanout.core import config_composition as composition
+from fanout.core.references import is_reference
 
 __all__ = [
     "AUTH_MODES",
@@ -172,6 +175,21 @@ class BackendConfig:
     forward_headers: tuple[str, ...] | None = None
     forward_query: tuple[str, ...] | None = None
     forward_identity: str | None = None
+    # Composition (fanout.core.config_composition reads and checks these).
+    #: ``group.path[*]``: one call per element, ``{item}`` in ``path``.
+    for_each: str | None = None
+    max_items: int = 100
+    concurrency: int = 10
+    #: The dotted sub-object of the answer used as the answer.
+    target: str | None = None
+    #: (dotted source, new top-level key) pairs, in the file's order.
+    rename: tuple[tuple[str, str], ...] = ()
+    #: The answer is a JSON array, kept under the group, filtered element by element.
+    collection: bool = False
+    #: The JSON an optional backend's answer is replaced with when it fails.
+    fallback: Any = field(default=None, hash=False)
+    #: On a non-GET endpoint, this backend receives the request body (and the method).
+    write: bool = False
 
 
 @dataclass(frozen=True)
@@ -187,6 +205,11 @@ class EndpointConfig:
     auth: str | None = None
     scopes: tuple[str, ...] = ()
     rate_limit: str | None = None
+    #: Two backends writing the same key: ``last``, ``first`` or ``list`` (None: a config error
+    #: where the file shows the clash, the later backend at run time).
+    on_conflict: str | None = None
+    #: A non-GET endpoint may send its body to several backends (one may fail after another wrote).
+    allow_partial_writes: bool = False
     # Keyword-only so it can stay required after the defaulted fields.
     backends: tuple[BackendConfig, ...] = field(kw_only=True)
 
@@ -1087,6 +1110,7 @@ class _Parser:
                     )
                 groups[backend.group] = backend_path
             backends.append(backend)
+        composed = composition.endpoint_fields(self, table, path, method, backends)
         return EndpointConfig(
             path=route,
             method=method,
@@ -1096,6 +1120,8 @@ class _Parser:
             auth=self.auth_mode(table, path),
             scopes=self.scopes(table, path),
             rate_limit=self.rate_limit(table, "rate_limit", path),
+            on_conflict=composed.on_conflict,
+            allow_partial_writes=composed.allow_partial_writes,
             backends=tuple(backends),
         )
 
@@ -1178,6 +1204,7 @@ class _Parser:
             forward_headers=self.forwarded_headers_of(table, path, upstreams[upstream]),
             forward_query=forward_query,
             forward_identity=self.identity_header(table, path),
+            **composition.backend_fields(self, table, path, group=group),
         )
 
     def forwarded_headers_of(
@@ -1206,6 +1233,8 @@ class _Parser:
             self.fail(where, f"expected a path without spaces or '#', got {_describe(target)}")
         for match in _PLACEHOLDER.finditer(target):
             name = match[1]
+            if is_reference(name):
+                continue  # an earlier answer's value: config_composition checks it
             if not _IDENTIFIER.fullmatch(name):
                 self.fail(where, f"invalid placeholder {match[0]}; expected {{name}}")
             if name not in variables:
