@@ -35,7 +35,14 @@ from fanout.core.circuit import (
     FailureKind,
 )
 from fanout.core.config import UpstreamConfig
-from fanout.core.retry import RETRYABLE_METHODS, RetryBudget, backoff_delay, is_retryable_status
+from fanout.core.retry import (
+    RETRY_AFTER_STATUSES,
+    RETRYABLE_METHODS,
+    RetryBudget,
+    backoff_delay,
+    is_retryable_status,
+    retry_after_seconds,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -152,10 +159,11 @@ class UpstreamClient:
         outcome: UpstreamReply | UpstreamError | None = None
         for attempt in range(attempts):
             if attempt:
-                if not self._budget.try_spend():
-                    break
-                pause = backoff_delay(attempt - 1, rng=self._rng)
-                if loop.time() + pause >= deadline:
+                # A 429 or 503 may say when to come back: that, if the deadline
+                # leaves room for it (else no retry), rather than our backoff.
+                asked = _asked_wait(outcome)
+                pause = asked if asked is not None else backoff_delay(attempt - 1, rng=self._rng)
+                if loop.time() + pause >= deadline or not self._budget.try_spend():
                     break
                 await asyncio.sleep(pause)
             try:
@@ -481,6 +489,13 @@ class UpstreamClient:
             raise
         self._record_answer(response.status, rule, trial=trial)
         return UpstreamStream(response, self._slots.release, idle=self.config.timeout)
+
+
+def _asked_wait(outcome: UpstreamReply | UpstreamError | None) -> float | None:
+    """The wait a 429 or 503 answer's Retry-After asks for, if any."""
+    if not isinstance(outcome, UpstreamReply) or outcome.status not in RETRY_AFTER_STATUSES:
+        return None
+    return retry_after_seconds(outcome.headers.get("Retry-After"))
 
 
 def _outcome(error: UpstreamError) -> str:

@@ -130,6 +130,33 @@ on_conflict = "first"
   upstream = "api"
   path = "/companies/2"
 
+[upstreams.patient]
+base_url = "{url}"
+internal = true
+retries = 2
+retry_budget = 1.0
+
+[[endpoints]]
+path = "/after/<key>/<int:seconds>"
+timeout = 3.0
+  [[endpoints.backends]]
+  upstream = "patient"
+  path = "/after?key={{key}}&seconds={{seconds}}"
+  required = true
+
+[[endpoints]]
+path = "/write"
+method = "POST"
+  [[endpoints.backends]]
+  upstream = "api"
+  path = "/echo?w=1"
+  group = "written"
+  write = true
+  [[endpoints.backends]]
+  upstream = "api"
+  path = "/echo?r=1"
+  group = "read"
+
 [[endpoints]]
 path = "/not-a-list"
   [[endpoints.backends]]
@@ -272,3 +299,36 @@ async def test_a_collection_that_is_no_array_fails_and_falls_back(gateway: Gatew
     assert body["_errors"]["things"]["detail"] == (
         "api: expected a JSON array (collection = true), got an object"
     )
+
+
+async def test_a_429_is_retried_when_its_retry_after_says_within_the_deadline(
+    gateway: Gateway, api: CompositionUpstream
+) -> None:
+    status, _, body = await _get(gateway, "/after/soon/1")
+    assert status == 200, body
+    first, second = (call for call in api.calls if call.route == "after")
+    assert api.hits["after:soon"] == 2
+    # Waited what the upstream asked, not the 0-50 ms backoff (a lower bound).
+    assert second.started - first.started >= 0.95
+
+
+async def test_a_retry_after_past_the_deadline_is_not_waited_for(
+    gateway: Gateway, api: CompositionUpstream
+) -> None:
+    status, _, body = await _get(gateway, "/after/late/5")
+    assert status == 502, body
+    assert body["errors"]["patient"]["detail"] == "patient answered HTTP 429"
+    assert api.hits["after:late"] == 1
+
+
+async def test_only_the_write_backend_gets_the_method_and_body(
+    gateway: Gateway, api: CompositionUpstream
+) -> None:
+    async with gateway.client.post("/write", data=b"x" * 10) as response:
+        assert response.status == 200
+        body = await response.json()
+    assert body == {
+        "written": {"method": "POST", "body_length": 10},
+        "read": {"method": "GET", "body_length": 0},
+    }
+    assert sorted(api.methods) == [("GET", 0), ("POST", 10)]
