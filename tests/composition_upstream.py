@@ -12,7 +12,8 @@ Routes (GET unless said; ``ms`` delays the answer everywhere):
   /after?key=K&status=S&seconds=N   S with Retry-After: N the first time for K, then 200
   /down                       503 (a host that is down for every call)
   ANY /echo                   the method and the body's length
-Every request is noted with its start and end times (time.monotonic()).
+Every request is noted with its start and end times (time.monotonic()); with
+``down`` set, every request is answered 503.
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ class CompositionUpstream:
     #: Set when a /slow client went away before its answer.
     disconnected: asyncio.Event = field(default_factory=asyncio.Event)
     methods: list[tuple[str, int]] = field(default_factory=list)
+    #: Every request is answered 503 (a host that is down) while set.
+    down: bool = False
 
     def first(self, route: str) -> Call:
         """The first finished call of a route."""
@@ -148,6 +151,8 @@ async def _note(request: web.Request, handler: Any) -> web.StreamResponse:
     state.in_flight[route] += 1
     state.peak[route] = max(state.peak[route], state.in_flight[route])
     try:
+        if state.down:
+            return web.json_response({"error": "down"}, status=503)
         if route != "slow":
             await _delay(request)
         response: web.StreamResponse = await handler(request)

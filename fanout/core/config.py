@@ -39,6 +39,7 @@ __all__ = [
     "GatewayConfig",
     "JobsConfig",
     "JwtConfig",
+    "OutlierDetectionConfig",
     "RateLimitsConfig",
     "ServerConfig",
     "UpstreamConfig",
@@ -133,6 +134,16 @@ class CircuitBreakerConfig:
 
 
 @dataclass(frozen=True)
+class OutlierDetectionConfig:
+    """When one host of several is skipped: after failures in a row, for a growing time."""
+
+    consecutive_failures: int = 5
+    base_ejection_seconds: float = 10.0
+    #: The longest an ejection lasts, however often the host was ejected.
+    max_ejection_seconds: float = 300.0
+
+
+@dataclass(frozen=True)
 class UpstreamConfig:
     """One upstream HTTP API: where it is and how it is called."""
 
@@ -158,6 +169,14 @@ class UpstreamConfig:
     auth: str | None = None
     scopes: tuple[str, ...] = ()
     rate_limit: str | None = None
+    #: Every host of the upstream (``base_urls``); base_url is the first.
+    base_urls: tuple[str, ...] = ()
+    outlier_detection: OutlierDetectionConfig = OutlierDetectionConfig()
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        """The base URL of every host, in the file's order."""
+        return self.base_urls or (self.base_url,)
 
 
 @dataclass(frozen=True)
@@ -335,7 +354,10 @@ class GatewayConfig:
     def internal_hosts(self) -> frozenset[str]:
         """Lower-cased hosts of the upstreams marked ``internal = true``."""
         return frozenset(
-            _host(upstream.base_url) for upstream in self.upstreams.values() if upstream.internal
+            _host(url)
+            for upstream in self.upstreams.values()
+            if upstream.internal
+            for url in upstream.urls
         )
 
 
@@ -741,8 +763,9 @@ class _Parser:
             upstreams[name] = self.upstream(name, self.table(value, path), path)
         # The address guard decides per host, so one host cannot be both allowed and refused.
         first_by_host: dict[str, UpstreamConfig] = {}
-        for upstream in upstreams.values():
-            host = _host(upstream.base_url)
+        for upstream, host in (
+            (each, _host(url)) for each in upstreams.values() for url in each.urls
+        ):
             other = first_by_host.setdefault(host, upstream)
             if other.internal != upstream.internal:
                 self.fail(
@@ -764,7 +787,7 @@ class _Parser:
             )
         return UpstreamConfig(
             name=name,
-            base_url=self.base_url(table, path),
+            **composition.upstream_hosts(self, table, path),
             timeout=timeout,
             connect_timeout=connect_timeout,
             retries=self.integer(table, "retries", path, d.retries, 0, 10),
@@ -784,8 +807,11 @@ class _Parser:
         )
 
     def base_url(self, table: Mapping[str, object], path: str) -> str:
-        where = _key(path, "base_url")
         url = self.required_string(table, "base_url", path, "an http or https URL")
+        return self.checked_base_url(url, _key(path, "base_url"))
+
+    def checked_base_url(self, url: str, where: str) -> str:
+        """An upstream's base URL, checked, without its trailing '/'."""
         if any(ch.isspace() for ch in url) or _has_control(url):
             self.fail(where, "expected a URL without spaces or control characters")
         try:
@@ -1035,10 +1061,10 @@ class _Parser:
             self.fail(where, f"not a valid URL ({exc})")
         if parts.scheme not in ("http", "https") or not parts.hostname or "@" in parts.netloc:
             self.fail(where, "expected an http or https URL with a host and no user info")
-        internal = {_host(u.base_url) for u in upstreams.values() if u.internal}
+        internal = {_host(url) for u in upstreams.values() if u.internal for url in u.urls}
         if parts.hostname in internal:
             # The session lets internal hosts be private only on their upstreams' origins.
-            origins = {_origin(u.base_url) for u in upstreams.values() if u.internal}
+            origins = {_origin(url) for u in upstreams.values() if u.internal for url in u.urls}
             if (parts.scheme, parts.hostname, port) not in origins:
                 self.fail(
                     where,

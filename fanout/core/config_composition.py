@@ -244,3 +244,55 @@ def _rename(parser: _Parser, table: Mapping[str, object], path: str) -> tuple[tu
             parser.fail(key_path, f"{new!r} is already the new name of another key")
         pairs.append((source, new))
     return tuple(pairs)
+
+
+def upstream_hosts(parser: _Parser, table: Mapping[str, object], path: str) -> dict[str, Any]:
+    """An upstream's ``base_url``, or its ``base_urls`` and ``outlier_detection``."""
+    if "base_urls" not in table:
+        if "outlier_detection" in table:
+            parser.fail(base._key(path, "outlier_detection"), "only applies with base_urls")
+        return {"base_url": parser.base_url(table, path)}
+    where = base._key(path, "base_urls")
+    if "base_url" in table:
+        parser.fail(where, "base_url and base_urls are mutually exclusive; keep one")
+    written = parser.strings(table, "base_urls", path) or ()
+    if not written:
+        parser.fail(where, "expected at least one URL, got an empty array")
+    urls: list[str] = []
+    for index, url in enumerate(written):
+        checked = parser.checked_base_url(url, f"{where}[{index}]")
+        if checked in urls:
+            parser.fail(f"{where}[{index}]", "listed twice")
+        urls.append(checked)
+    return {
+        "base_url": urls[0],
+        "base_urls": tuple(urls),
+        "outlier_detection": _outlier_detection(parser, table, path),
+    }
+
+
+def _outlier_detection(
+    parser: _Parser, table: Mapping[str, object], path: str
+) -> base.OutlierDetectionConfig:
+    where = base._key(path, "outlier_detection")
+    section = parser.sub_table(table, "outlier_detection", path)
+    parser.check_keys(section, where, base._keys_of(base.OutlierDetectionConfig))
+    d = base.OutlierDetectionConfig()
+    ejection = parser.number(
+        section, "base_ejection_seconds", where, d.base_ejection_seconds, above=0
+    )
+    longest = parser.number(
+        section, "max_ejection_seconds", where, max(d.max_ejection_seconds, ejection), above=0
+    )
+    if longest < ejection:
+        parser.fail(
+            base._key(where, "max_ejection_seconds"),
+            f"expected a number >= base_ejection_seconds ({ejection:g}), got {longest:g}",
+        )
+    return base.OutlierDetectionConfig(
+        consecutive_failures=parser.integer(
+            section, "consecutive_failures", where, d.consecutive_failures, 1
+        ),
+        base_ejection_seconds=ejection,
+        max_ejection_seconds=longest,
+    )
