@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from openapi_spec_validator import OpenAPIV31SpecValidator
 
 from tests.composition_upstream import CompositionUpstream, composition_upstream
 from tests.gateway_serving import Gateway, gateway_serving
@@ -332,3 +333,26 @@ async def test_only_the_write_backend_gets_the_method_and_body(
         "read": {"method": "GET", "body_length": 0},
     }
     assert sorted(api.methods) == [("GET", 0), ("POST", 10)]
+
+
+async def test_the_openapi_document_shows_lists_fallbacks_and_the_write_backend(
+    gateway: Gateway,
+) -> None:
+    async with gateway.client.get("/openapi.json") as response:
+        document = await response.json()
+    OpenAPIV31SpecValidator(document).validate()
+
+    def merged(path: str, method: str = "get") -> Any:
+        op = document["paths"][path][method]
+        return op["responses"]["200"]["content"]["application/json"]["schema"]["properties"]
+
+    products = merged("/order/{id}/products")["products"]
+    assert products["type"] == "array" and products["maxItems"] == 100
+    assert "once per item of order.items[*].sku" in products["description"]
+    assert merged("/shaped/{user_id}")["things"]["type"] == "array"
+    again = merged("/dangling/{user_id}")["again"]
+    assert again["examples"] == [{"name": "unknown"}]
+    assert "its fallback when it failed" in again["description"]
+    assert "called with values from company" in again["description"]
+    body = document["paths"]["/write"]["post"]["requestBody"]["description"]
+    assert body == "Sent to written; the other backends are called with GET and no body."
