@@ -64,8 +64,11 @@ def plan(endpoint: EndpointConfig) -> tuple[BackendPlan, ...]:
     groups = {b.group: index for index, b in enumerate(endpoint.backends) if b.group}
     plans = []
     for backend in endpoint.backends:
+        each = backend.for_each is not None
         references = tuple(
-            parse_reference(name) for name in placeholders(backend) if is_reference(name)
+            parse_reference(name)
+            for name in placeholders(backend)
+            if is_reference(name, for_each=each)
         )
         for_each = parse_reference(backend.for_each) if backend.for_each else None
         read = [r.group for r in references if r.group != ITEM]

@@ -11,7 +11,7 @@ Routes (GET unless said; ``ms`` delays the answer everywhere):
   /fail                       500 after ``ms``
   /after?key=K&status=S&seconds=N   S with Retry-After: N the first time for K, then 200
   /down                       503 (a host that is down for every call)
-  ANY /echo                   the method and the body's length
+  ANY /echo                   the method, the body's length, the query and X-Tenant
 Every request is noted with its start and end times (time.monotonic()); with
 ``down`` set, every request is answered 503.
 """
@@ -137,7 +137,14 @@ async def _down(request: web.Request) -> web.Response:
 async def _echo(request: web.Request) -> web.Response:
     body = await request.read()
     request.app[STATE].methods.append((request.method, len(body)))
-    return web.json_response({"method": request.method, "body_length": len(body)})
+    return web.json_response(
+        {
+            "method": request.method,
+            "body_length": len(body),
+            "query": dict(request.query),
+            "tenant": request.headers.get("X-Tenant"),
+        }
+    )
 
 
 @web.middleware

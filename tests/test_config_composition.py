@@ -53,8 +53,16 @@ B1 = "g.toml: endpoints[0].backends[1]"
             f"{B1}.path: expected an {{item}} placeholder",
         ),
         (
+            _endpoint(USER, '  path = "/p/{item.sku}"\n  group = "p"'),
+            f"{B1}.path: {{item.sku}} needs for_each",
+        ),
+        (
             _endpoint(USER, '  path = "/p/{item}"\n  group = "p"'),
-            f"{B1}.path: {{item}} needs for_each",
+            f"{B1}.path: placeholder {{item}} is not a variable of the endpoint path",
+        ),
+        (
+            _endpoint('  path = "/p"\n  group = "item"'),
+            "g.toml: endpoints[0].backends[0].group: 'item' is reserved for a for_each item",
         ),
         (
             _endpoint(USER, '  path = "/p/{user.items[*].id}"'),
@@ -130,6 +138,13 @@ def test_composition_errors_name_the_key(text: str, message: str) -> None:
         _parse(text)
     assert str(caught.value).startswith(message), str(caught.value)
     assert "\n" not in str(caught.value)
+
+
+def test_a_route_variable_named_item_is_still_one() -> None:
+    config = parse_gateway_config(
+        _endpoint('  path = "/p/{item}"', route="/items/<item>"), source="g.toml", env={}
+    )
+    assert config.endpoints[0].backends[0].path == "/p/{item}"
 
 
 def test_a_valid_composition_parses() -> None:

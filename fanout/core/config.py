@@ -1259,7 +1259,7 @@ class _Parser:
             self.fail(where, f"expected a path without spaces or '#', got {_describe(target)}")
         for match in _PLACEHOLDER.finditer(target):
             name = match[1]
-            if is_reference(name):
+            if is_reference(name, for_each="for_each" in table):
                 continue  # an earlier answer's value: config_composition checks it
             if not _IDENTIFIER.fullmatch(name):
                 self.fail(where, f"invalid placeholder {match[0]}; expected {{name}}")

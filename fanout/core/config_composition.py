@@ -41,7 +41,7 @@ def references(backend: BackendConfig) -> list[Reference]:
     """The references to earlier answers a backend reads: its for_each, then its path's."""
     found = [parse_reference(backend.for_each)] if backend.for_each else []
     for name in placeholders(backend):
-        if is_reference(name):
+        if is_reference(name, for_each=backend.for_each is not None):
             reference = parse_reference(name)
             if reference.group != ITEM:
                 found.append(reference)
@@ -53,6 +53,8 @@ def backend_fields(
 ) -> dict[str, Any]:
     """The composition keys of one backend, checked on their own (no other backend needed)."""
     d = base.BackendConfig(upstream="", path="")
+    if group == ITEM:
+        parser.fail(base._key(path, "group"), f"{ITEM!r} is reserved for a for_each item")
     for_each = None
     if "for_each" in table:
         where = base._key(path, "for_each")
@@ -136,7 +138,7 @@ def _check_placeholders(
     where = base._key(path, "path")
     uses_item = False
     for match in _PLACEHOLDER.finditer(target):
-        if not is_reference(match[1]):
+        if not is_reference(match[1], for_each=for_each):
             continue
         reference = _reference(parser, match[1], where)
         if reference.expands:

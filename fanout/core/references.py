@@ -51,9 +51,10 @@ class Reference:
         return any(step is EVERY for step in self.steps)
 
 
-def is_reference(name: str) -> bool:
-    """Whether a path placeholder reads an answer (``{group.path}``, ``{item}``), not the route."""
-    return name == ITEM or "." in name or "[" in name
+def is_reference(name: str, *, for_each: bool) -> bool:
+    """Whether a path placeholder reads an answer, not the route: ``{group.path}``, and
+    ``{item}`` on a ``for_each`` backend (elsewhere it may be a route variable)."""
+    return "." in name or "[" in name or (for_each and name == ITEM)
 
 
 def parse_reference(text: str) -> Reference:
