@@ -497,6 +497,15 @@ class UpstreamClient:
             if trial:
                 self.breaker.abandon_trial()
             raise
+        if host is not None:
+            host.outstanding += 1
+
+        def release() -> None:
+            # The connection slot, and the host's count of calls outstanding.
+            self._slots.release()
+            if host is not None:
+                host.outstanding -= 1
+
         upload = (
             _TrackedBody(body, window=self.config.timeout, min_rate=min_upload_rate)
             if body is not None and not isinstance(body, bytes)
@@ -520,7 +529,7 @@ class UpstreamClient:
                     ),
                 )
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            self._slots.release()
+            release()
             if upload is not None and upload.stalled:
                 # The client's doing, not the upstream's: never held against it.
                 if trial:
@@ -535,12 +544,12 @@ class UpstreamClient:
                 self.breaker.abandon_trial()  # after _failure: a no-op if it recorded the failure
             raise error from exc
         except BaseException:
-            self._slots.release()
+            release()
             if trial:
                 self.breaker.abandon_trial()
             raise
         self._record_answer(response.status, rule, trial=trial, host=host)
-        return UpstreamStream(response, self._slots.release, idle=self.config.timeout)
+        return UpstreamStream(response, release, idle=self.config.timeout)
 
 
 def _origin_of(base_url: str) -> tuple[str, str, int | None]:

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import random
 from pathlib import Path
 
-from fanout.core.config import OutlierDetectionConfig
+import aiohttp
+
+from clients.upstream_client import UpstreamClient
+from fanout.core.circuit import CircuitState
+from fanout.core.config import OutlierDetectionConfig, UpstreamConfig
 from fanout.core.outlier import HostPool
 from tests.composition_upstream import composition_upstream
 from tests.gateway_serving import gateway_serving
@@ -114,3 +119,47 @@ path = "/user"
             # the second leaves none, and from then on failures count: two open it.
             assert statuses == [502, 502, 502, 503], statuses
             assert first.hits["users"] + second.hits["users"] == 3
+
+
+class _Recorder:
+    """An observer that keeps what it is told of hosts."""
+
+    def __init__(self) -> None:
+        self.hosts: list[tuple[str, str, str, bool]] = []
+
+    def observe_upstream(self, upstream: str, outcome: str, seconds: float) -> None:
+        """Not needed here."""
+
+    def observe_circuit(self, upstream: str, state: CircuitState) -> None:
+        """Not needed here."""
+
+    def observe_host(self, upstream: str, host: str, outcome: str, ejected: bool) -> None:
+        """One call's outcome on one host."""
+        self.hosts.append((upstream, host, outcome, ejected))
+
+
+async def test_each_call_is_reported_per_host_with_its_ejection() -> None:
+    async with composition_upstream() as good, composition_upstream() as bad:
+        bad.down = True
+        config = UpstreamConfig(
+            name="users",
+            base_url=good.url,
+            base_urls=(good.url, bad.url),
+            internal=True,
+            outlier_detection=OutlierDetectionConfig(consecutive_failures=1),
+        )
+        recorder = _Recorder()
+        async with aiohttp.ClientSession() as session:
+            client = UpstreamClient(config, session, random.Random(0), recorder)
+            until = asyncio.get_running_loop().time() + 5
+            statuses = [
+                (await client.fetch("GET", "/users/1", deadline=until)).status for _ in range(3)
+            ]
+        assert sorted(statuses) == [200, 200, 503]
+        assert sorted(recorder.hosts) == sorted(
+            [
+                ("users", bad.url, "failure", True),
+                ("users", good.url, "success", False),
+                ("users", good.url, "success", False),
+            ]
+        )
