@@ -67,8 +67,8 @@ async def guarded_session(
     """
     configs = list(upstreams)
     guard = session_guard(
-        {urlsplit(cfg.base_url).hostname or "" for cfg in configs if cfg.internal},
-        origins=[*(cfg.base_url for cfg in configs), *extra_origins],
+        {urlsplit(url).hostname or "" for cfg in configs if cfg.internal for url in cfg.urls},
+        origins=[*(url for cfg in configs for url in cfg.urls), *extra_origins],
     )
     session = open_session(limits, guard)
     try:

@@ -35,7 +35,15 @@ from fanout.core.circuit import (
     FailureKind,
 )
 from fanout.core.config import UpstreamConfig
-from fanout.core.retry import RETRYABLE_METHODS, RetryBudget, backoff_delay, is_retryable_status
+from fanout.core.outlier import Host, HostPool
+from fanout.core.retry import (
+    RETRY_AFTER_STATUSES,
+    RETRYABLE_METHODS,
+    RetryBudget,
+    backoff_delay,
+    is_retryable_status,
+    retry_after_seconds,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -96,24 +104,31 @@ class UpstreamClient:
         self._connect_timeout = aiohttp.ClientTimeout(sock_connect=config.connect_timeout)
         #: The circuit state last told to the observer (None: not yet told).
         self._reported_state: CircuitState | None = None
-        origin = urlsplit(config.base_url)
-        self._origin = (origin.scheme, (origin.hostname or "").lower(), origin.port)
-        # Every call goes to this one origin (url() and redirects keep to it),
-        # so an IP-literal host is judged once here (see _NO_MIDDLEWARES).
+        #: Each host's origin (scheme, host, port), by base URL.
+        self._origins = {url: _origin_of(url) for url in config.urls}
+        #: Several hosts: balanced and ejected (None: the one base_url).
+        self._hosts = (
+            HostPool(config.urls, config.outlier_detection) if len(config.urls) > 1 else None
+        )
+        # Every call goes to a configured origin (url() and redirects keep to
+        # it), so an IP-literal host is judged once here (see _NO_MIDDLEWARES).
         self._refused: str | None = None
-        try:
-            check_literal_host(origin.hostname or "", internal=config.internal)
-        except BlockedAddressError as exc:
-            # The reason only: the host is the config's business, not a client's.
-            self._refused = f"{self.name}: forbidden destination ({exc.reason})"
+        for url in config.urls:
+            try:
+                check_literal_host(urlsplit(url).hostname or "", internal=config.internal)
+            except BlockedAddressError as exc:
+                # The reason only: the host is the config's business, not a client's.
+                self._refused = f"{self.name}: forbidden destination ({exc.reason})"
 
     @property
     def name(self) -> str:
         """The upstream's configured name."""
         return self.config.name
 
-    def url(self, path_and_query: str) -> URL:
+    def url(self, path_and_query: str, base_url: str | None = None) -> URL:
         """The absolute URL of an (already percent-encoded) path on this upstream.
+
+        ``base_url``: one of the upstream's hosts (its first if None).
 
         Raises BlockedDestination if the result would leave the upstream's
         origin (a path starting with anything but "/" could turn the host
@@ -121,8 +136,9 @@ class UpstreamClient:
         """
         if not path_and_query.startswith("/") or path_and_query.startswith("//"):
             raise BlockedDestination(self.name, f"{self.name}: path must start with one '/'")
-        url = URL(self.config.base_url + path_and_query, encoded=True)
-        if (url.scheme, (url.host or "").lower(), url.explicit_port) != self._origin or url.user:
+        base = base_url or self.config.base_url
+        url = URL(base + path_and_query, encoded=True)
+        if _origin_of_url(url) != self._origins[base] or url.user:
             raise BlockedDestination(self.name, f"{self.name}: path would leave the upstream")
         return url
 
@@ -152,10 +168,11 @@ class UpstreamClient:
         outcome: UpstreamReply | UpstreamError | None = None
         for attempt in range(attempts):
             if attempt:
-                if not self._budget.try_spend():
-                    break
-                pause = backoff_delay(attempt - 1, rng=self._rng)
-                if loop.time() + pause >= deadline:
+                # A 429 or 503 may say when to come back: that, if the deadline
+                # leaves room for it (else no retry), rather than our backoff.
+                asked = _asked_wait(outcome)
+                pause = asked if asked is not None else backoff_delay(attempt - 1, rng=self._rng)
+                if loop.time() + pause >= deadline or not self._budget.try_spend():
                     break
                 await asyncio.sleep(pause)
             try:
@@ -246,34 +263,47 @@ class UpstreamClient:
         if deadline - loop.time() <= 0:
             raise UpstreamTimeout(self.name, f"{self.name}: no time left before the deadline")
         trial = self._admit()
+        host = self._hosts.pick() if self._hosts is not None else None
         try:
-            url = self.url(path_and_query)
+            url = self.url(path_and_query, host.base_url if host is not None else None)
             # Waiting for a free slot is this gateway's queue, not the upstream's fault.
             await self._acquire_slot(deadline - loop.time())
             budget = min(self.config.timeout, deadline - loop.time())
+            if host is not None:
+                host.outstanding += 1
             try:
                 async with asyncio.timeout(budget):
                     reply = await self._request_following_redirects(method, url, headers, body)
             except BadUpstreamPayload:
                 if rule.error_answers:
-                    self.breaker.record_failure()
+                    self._blame(host)
                 raise
             except (TimeoutError, aiohttp.ClientError, OSError) as exc:
                 # Only the upstream's own timeouts count against it (connect_timeout
                 # always is one), not a try cut short by the caller's deadline.
                 full_try = budget >= self.config.timeout
-                raise self._failure(exc, seconds=budget, rule=rule, full_try=full_try) from exc
+                raise self._failure(
+                    exc, seconds=budget, rule=rule, full_try=full_try, host=host
+                ) from exc
             finally:
                 self._slots.release()
+                if host is not None:
+                    host.outstanding -= 1
         except BaseException:
             if trial:
                 self.breaker.abandon_trial()
             raise
-        self._record_answer(reply.status, rule, trial=trial)
+        self._record_answer(reply.status, rule, trial=trial, host=host)
         return reply
 
     def _failure(
-        self, exc: BaseException, *, seconds: float, rule: BlameRule, full_try: bool = True
+        self,
+        exc: BaseException,
+        *,
+        seconds: float,
+        rule: BlameRule,
+        full_try: bool = True,
+        host: Host | None = None,
     ) -> UpstreamError:
         """The upstream error a failed call raises; held against the breaker as ``rule`` says.
 
@@ -302,14 +332,44 @@ class UpstreamClient:
             kind, phrase = classify_failure(exc)
             error = UpstreamUnavailable(self.name, f"{self.name} {phrase}")
         if rule.blames(kind):
-            self.breaker.record_failure()
+            self._blame(host)
         return error
 
-    def _record_answer(self, status: int, rule: BlameRule, *, trial: bool) -> None:
+    def _blame(self, host: Host | None) -> None:
+        """A failure held against the upstream: its host's; its circuit's once no host is left."""
+        if host is not None and self._hosts is not None:
+            ejected = self._hosts.failed(host)
+            self._observe_host(host, "failure", ejected=self._hosts.ejected(host))
+            if ejected:
+                logger.warning(
+                    "upstream host ejected",
+                    extra={"upstream": self.name, "host": host.base_url},
+                )
+            if not self._hosts.all_out():
+                return  # another host still serves: the circuit stays as it is
+        self.breaker.record_failure()
+
+    def _credit(self, host: Host | None) -> None:
+        if host is not None and self._hosts is not None:
+            self._hosts.succeeded(host)
+            self._observe_host(host, "success", ejected=False)
+        self.breaker.record_success()
+
+    def _observe_host(self, host: Host, outcome: str, *, ejected: bool) -> None:
+        # Optional in the observer (per-host metrics): an older one lacks it.
+        observe = getattr(self._observer, "observe_host", None)
+        if observe is not None:
+            observe(self.name, host.base_url, outcome, ejected)
+
+    def _record_answer(
+        self, status: int, rule: BlameRule, *, trial: bool, host: Host | None = None
+    ) -> None:
         if status < 500:
-            self.breaker.record_success()
+            self._credit(host)
         elif rule.error_answers:
-            self.breaker.record_failure()
+            self._blame(host)
+            if trial:
+                self.breaker.abandon_trial()  # a no-op if _blame recorded it
         elif trial:
             # A 5xx to the client's own request says nothing of the upstream:
             # hand the trial on rather than keep the circuit shut.
@@ -376,8 +436,7 @@ class UpstreamClient:
 
     def _checked_redirect(self, current: URL, location: str) -> URL:
         target = current.join(URL(location))
-        origin = (target.scheme, (target.host or "").lower(), target.explicit_port)
-        if origin != self._origin:
+        if _origin_of_url(target) != _origin_of_url(current):
             # Only the configured origin may ever be contacted. Where the
             # upstream pointed is for the log, not for the client.
             raise BlockedDestination(
@@ -430,13 +489,23 @@ class UpstreamClient:
         min_upload_rate: int,
     ) -> UpstreamStream:
         trial = self._admit()
+        host = self._hosts.pick() if self._hosts is not None else None
         try:
-            url = self.url(path_and_query)
+            url = self.url(path_and_query, host.base_url if host is not None else None)
             await self._acquire_slot(self.config.timeout)
         except BaseException:
             if trial:
                 self.breaker.abandon_trial()
             raise
+        if host is not None:
+            host.outstanding += 1
+
+        def release() -> None:
+            # The connection slot, and the host's count of calls outstanding.
+            self._slots.release()
+            if host is not None:
+                host.outstanding -= 1
+
         upload = (
             _TrackedBody(body, window=self.config.timeout, min_rate=min_upload_rate)
             if body is not None and not isinstance(body, bytes)
@@ -460,7 +529,7 @@ class UpstreamClient:
                     ),
                 )
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            self._slots.release()
+            release()
             if upload is not None and upload.stalled:
                 # The client's doing, not the upstream's: never held against it.
                 if trial:
@@ -470,17 +539,33 @@ class UpstreamClient:
                     f"The request body arrived too slowly (under {upload.needed} bytes "
                     f"in {self.config.timeout:.3g}s).",
                 ) from exc
-            error = self._failure(exc, seconds=self.config.timeout, rule=rule)
+            error = self._failure(exc, seconds=self.config.timeout, rule=rule, host=host)
             if trial:
                 self.breaker.abandon_trial()  # after _failure: a no-op if it recorded the failure
             raise error from exc
         except BaseException:
-            self._slots.release()
+            release()
             if trial:
                 self.breaker.abandon_trial()
             raise
-        self._record_answer(response.status, rule, trial=trial)
-        return UpstreamStream(response, self._slots.release, idle=self.config.timeout)
+        self._record_answer(response.status, rule, trial=trial, host=host)
+        return UpstreamStream(response, release, idle=self.config.timeout)
+
+
+def _origin_of(base_url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(base_url)
+    return (parts.scheme, (parts.hostname or "").lower(), parts.port)
+
+
+def _origin_of_url(url: URL) -> tuple[str, str, int | None]:
+    return (url.scheme, (url.host or "").lower(), url.explicit_port)
+
+
+def _asked_wait(outcome: UpstreamReply | UpstreamError | None) -> float | None:
+    """The wait a 429 or 503 answer's Retry-After asks for, if any."""
+    if not isinstance(outcome, UpstreamReply) or outcome.status not in RETRY_AFTER_STATUSES:
+        return None
+    return retry_after_seconds(outcome.headers.get("Retry-After"))
 
 
 def _outcome(error: UpstreamError) -> str:

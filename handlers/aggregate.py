@@ -8,8 +8,7 @@ from typing import Any
 
 from flask import Flask, Response, abort, current_app, request
 
-from clients.errors import UpstreamError, UpstreamStatusError, UpstreamTimeout
-from clients.gather import gather
+from clients.errors import UpstreamStatusError, UpstreamTimeout
 from clients.upstream import UpstreamReply
 from clients.upstreams import Upstreams
 from fanout.core.aggregate import BackendFailure, decide
@@ -18,10 +17,11 @@ from fanout.core.config import BackendConfig, EndpointConfig
 from fanout.core.deadline import deadline
 from fanout.core.forwarding import Forwarded, ForwardRule, forwarded
 from fanout.core.identity import current_caller
-from fanout.core.merge import Part, filter_fields
-from fanout.core.paths import PathTemplate, append_query
+from fanout.core.merge import Part
+from fanout.core.paths import append_query
 from fanout.jobs.model import StoredResponse
-from handlers.errors import PROBLEM_JSON, upstream_status
+from handlers.composition import BackendPlan, BackendRun, plan
+from handlers.errors import PROBLEM_JSON
 from handlers.jobs import prefers_async, request_params, start_job
 from handlers.request_ids import HEADER, current_request_id
 from handlers.resources import gateway_config, upstreams
@@ -52,7 +52,7 @@ def register_endpoints(app: Flask, endpoints: Sequence[EndpointConfig]) -> None:
 
 def _view_for(endpoint: EndpointConfig) -> Callable[..., Coroutine[Any, Any, Response]]:
     # Parsed once here, not on every request (the config checked them already).
-    templates = tuple(PathTemplate(backend.path) for backend in endpoint.backends)
+    plans = plan(endpoint)
     rules: tuple[ForwardRule, ...] | None = None
 
     async def aggregate_view(**route_values: Any) -> Response:
@@ -61,7 +61,7 @@ def _view_for(endpoint: EndpointConfig) -> Callable[..., Coroutine[Any, Any, Res
             # Built on first use: the upstreams' defaults come from the app's config.
             configs = gateway_config(current_app).upstreams
             rules = tuple(ForwardRule.of(b, configs[b.upstream]) for b in endpoint.backends)
-        return await aggregate(endpoint, route_values, templates, rules)
+        return await aggregate(endpoint, route_values, plans, rules)
 
     aggregate_view.__doc__ = f"{endpoint.method} {endpoint.path}: aggregate its backends."
     return aggregate_view
@@ -70,29 +70,37 @@ def _view_for(endpoint: EndpointConfig) -> Callable[..., Coroutine[Any, Any, Res
 async def aggregate(
     endpoint: EndpointConfig,
     route_values: Mapping[str, Any],
-    templates: Sequence[PathTemplate] | None = None,
+    plans: Sequence[BackendPlan] | None = None,
     rules: Sequence[ForwardRule] | None = None,
 ) -> Response:
     """Answer the merged result of the endpoint's backends, or start it as a job.
 
-    ``templates``: the backends' parsed path templates, in order (parsed here if None);
+    ``plans``: the backends' parsed plans, in order (made here if None);
     ``rules``: what each backend forwards of the request (built here if None).
     """
     pool = upstreams(current_app)
-    if templates is None:
-        templates = [PathTemplate(backend.path) for backend in endpoint.backends]
+    if plans is None:
+        plans = plan(endpoint)
     if rules is None:
         configs = gateway_config(current_app).upstreams
         rules = [ForwardRule.of(b, configs[b.upstream]) for b in endpoint.backends]
     # Taken now, in the request: a job runs after it, with what it carried.
     sent = _forwarded(rules)
-    paths = _backend_paths(endpoint, templates, route_values, [each.query for each in sent])
+    paths = _backend_paths(plans, route_values, [each.query for each in sent])
     body = None if endpoint.method in BODYLESS_METHODS else request.get_data()
     request_id = current_request_id()
+    values = dict(route_values)
 
     async def run() -> StoredResponse:
         return await fan_out(
-            pool, endpoint, paths, body=body, request_id=request_id, forwarded=sent
+            pool,
+            endpoint,
+            paths,
+            body=body,
+            request_id=request_id,
+            forwarded=sent,
+            route_values=values,
+            plans=plans,
         )
 
     if endpoint.background or prefers_async():
@@ -109,48 +117,58 @@ async def aggregate(
 async def fan_out(
     pool: Upstreams,
     endpoint: EndpointConfig,
-    paths: Sequence[str],
+    paths: Sequence[str | None],
     *,
     body: bytes | None,
     request_id: str,
     forwarded: Sequence[Forwarded] | None = None,
+    route_values: Mapping[str, Any] | None = None,
+    plans: Sequence[BackendPlan] | None = None,
 ) -> StoredResponse:
-    """Call the endpoint's backends concurrently; return its answer, merged.
+    """Run the endpoint's backends (see handlers.composition); return its answer, merged.
 
-    ``forwarded``: per backend, the client values its call carries (none if None).
+    ``paths``: each backend's path, or None where it reads an earlier answer
+    (expanded then, with ``route_values``); ``forwarded``: per backend, the
+    client values its call carries (none if None).
     """
     sent = forwarded or [_NOTHING] * len(endpoint.backends)
-    # Views' upstream calls and these share one deadline and one gather.
+    # Views' upstream calls and these share one deadline.
     with deadline(endpoint.timeout) as until:
         assert until is not None  # a number of seconds was given
         call = _BackendCall(pool, endpoint, request_id=request_id, body=body, deadline=until)
-        results = await gather(
-            {
-                index: call.run(backend, path, extra)
-                for index, (backend, path, extra) in enumerate(
-                    zip(endpoint.backends, paths, sent, strict=True)
-                )
-            }
-        )
+        outcomes = await BackendRun(
+            plans if plans is not None else plan(endpoint),
+            paths=paths,
+            route_values=route_values or {},
+            sent=sent,
+            fetch=call.run,
+        ).run()
     parts: list[Part] = []
     failures: list[BackendFailure] = []
-    for backend, result in zip(endpoint.backends, results.values(), strict=True):
-        if isinstance(result, UpstreamError):
-            status, title = upstream_status(result)
-            label = backend.group or backend.upstream
-            failures.append(BackendFailure(label, status, title, str(result), backend.required))
-        else:
-            parts.append(result)
-    outcome = decide(parts, failures)
-    content_type = "application/json" if outcome.status < 400 else PROBLEM_JSON
+    for backend, outcome in zip(endpoint.backends, outcomes, strict=True):
+        if outcome is None:
+            continue  # cancelled: a required backend failed first
+        failures.extend(outcome.failures)
+        if outcome.answered:
+            parts.append(Part(name=backend.upstream, group=backend.group, data=outcome.data))
+    outcome_ = decide(parts, failures, on_conflict=endpoint.on_conflict)
+    content_type = "application/json" if outcome_.status < 400 else PROBLEM_JSON
     return StoredResponse(
-        status=outcome.status,
+        status=outcome_.status,
         headers=(
             ("Content-Type", content_type),
-            (COMPLETED_HEADER, "true" if outcome.completed else "false"),
+            (COMPLETED_HEADER, "true" if outcome_.completed else "false"),
         ),
-        body=json.dumps(outcome.body).encode(),
+        body=json.dumps(outcome_.body).encode(),
     )
+
+
+def receives_body(endpoint: EndpointConfig, backend: BackendConfig) -> bool:
+    """Whether the backend gets the endpoint's method and body (else a GET without one)."""
+    if endpoint.method == "GET" or backend.write:
+        return endpoint.method != "GET"
+    # No backend marked: the only one, or (allow_partial_writes) every one.
+    return not any(other.write for other in endpoint.backends)
 
 
 def _forwarded(rules: Sequence[ForwardRule]) -> list[Forwarded]:
@@ -170,15 +188,15 @@ def _forwarded(rules: Sequence[ForwardRule]) -> list[Forwarded]:
 
 
 def _backend_paths(
-    endpoint: EndpointConfig,
-    templates: Sequence[PathTemplate],
-    route_values: Mapping[str, Any],
-    queries: Sequence[str],
-) -> list[str]:
-    paths = []
-    for template, query in zip(templates, queries, strict=True):
+    plans: Sequence[BackendPlan], route_values: Mapping[str, Any], queries: Sequence[str]
+) -> list[str | None]:
+    paths: list[str | None] = []
+    for current, query in zip(plans, queries, strict=True):
+        if not current.static:
+            paths.append(None)  # expanded once the answers it reads are in
+            continue
         try:
-            path = template.expand(route_values)
+            path = current.template.expand(route_values)
         except ValueError:
             # A route value of "..", "." or "" that would climb out of its
             # segment. The error's text shows the backend's path template,
@@ -210,23 +228,24 @@ class _BackendCall:
         self._body = body
         self._deadline = deadline
 
-    async def run(self, backend: BackendConfig, path: str, sent: Forwarded) -> Part:
-        """Call one backend and return its filtered data, or raise UpstreamError."""
-        reply = await self._reply(backend.upstream, path, sent)
+    async def run(self, backend: BackendConfig, path: str, sent: Forwarded) -> Any:
+        """Call one backend and return its JSON answer, or raise UpstreamError."""
+        reply = await self._reply(backend, path, sent)
         if not 200 <= reply.status < 300:
             raise UpstreamStatusError(backend.upstream, reply.status)
-        data = filter_fields(reply.json(), allow=backend.allow, deny=backend.deny)
-        return Part(name=backend.upstream, group=backend.group, data=data)
+        return reply.json()
 
-    async def _reply(self, upstream: str, path: str, sent: Forwarded) -> UpstreamReply:
+    async def _reply(self, backend: BackendConfig, path: str, sent: Forwarded) -> UpstreamReply:
+        upstream = backend.upstream
         client = self._pool[upstream]
-        method = self._endpoint.method
+        # A write goes to one backend (config_composition); the others read.
+        writes = receives_body(self._endpoint, backend)
+        method = self._endpoint.method if writes else "GET"
+        body = self._body if writes else None
         headers = [*sent.headers, (HEADER, self._request_id)]
 
         def fetch() -> Coroutine[Any, Any, UpstreamReply]:
-            return client.fetch(
-                method, path, deadline=self._deadline, headers=headers, body=self._body
-            )
+            return client.fetch(method, path, deadline=self._deadline, headers=headers, body=body)
 
         if method != "GET":
             return await fetch()

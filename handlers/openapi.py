@@ -51,9 +51,10 @@ from werkzeug.routing.converters import (
     UUIDConverter,
 )
 
-from fanout.core.config import EndpointConfig, GatewayConfig
+from fanout.core.config import BackendConfig, EndpointConfig, GatewayConfig
+from fanout.core.config_composition import references
 from fanout.jobs.model import JobStatus
-from handlers.aggregate import BODYLESS_METHODS, COMPLETED_HEADER
+from handlers.aggregate import BODYLESS_METHODS, COMPLETED_HEADER, receives_body
 from handlers.auth import OPEN_PATHS, PROXY_ENDPOINT
 from handlers.errors import PROBLEM_JSON
 from handlers.jobs import MAX_PAGE, MAX_WAIT_SECONDS
@@ -607,8 +608,7 @@ class _Builder:
         for backend in endpoint.backends:
             if backend.group is None:
                 continue
-            need = "required" if backend.required else "optional: absent when it failed"
-            groups[backend.group] = {"description": f"The {backend.upstream} backend ({need})."}
+            groups[backend.group] = _group_schema(backend)
             if backend.required:
                 required.append(backend.group)
         merged: JSONObject = {
@@ -619,7 +619,8 @@ class _Builder:
                 **groups,
                 "_errors": {
                     "type": "object",
-                    "description": "Each optional backend that failed, by group or upstream.",
+                    "description": "Each optional backend that failed, by group or upstream; "
+                    "a for_each backend's failed items as group[index].",
                     "additionalProperties": _ref("schemas", "BackendError"),
                 },
             },
@@ -679,11 +680,48 @@ class _Builder:
         if endpoint.method not in BODYLESS_METHODS:
             operation["requestBody"] = {
                 "required": False,
-                "description": "Forwarded to every backend.",
+                "description": _body_description(endpoint),
                 "content": _content(_json({})),
             }
             responses["413"] = _ref("responses", "PayloadTooLarge")
         return operation
+
+
+def _group_schema(backend: BackendConfig) -> JSONObject:
+    """What a backend's group holds: its answer, a list for for_each and collections."""
+    if backend.required:
+        need = "required"
+    elif backend.fallback is not None:
+        need = "optional: its fallback when it failed"
+    else:
+        need = "optional: absent when it failed"
+    read = sorted({reference.group for reference in references(backend)})
+    reads = f", called with values from {', '.join(read)}" if read else ""
+    if backend.for_each is not None:
+        return {
+            "type": "array",
+            "description": f"The {backend.upstream} backend once per item of "
+            f"{backend.for_each} (at most {backend.max_items}), in item order; null where "
+            f"that item's call failed ({need}){reads}.",
+            "maxItems": backend.max_items,
+        }
+    if backend.collection:
+        return {
+            "type": "array",
+            "description": f"The {backend.upstream} backend's list ({need}){reads}.",
+        }
+    schema: JSONObject = {"description": f"The {backend.upstream} backend ({need}){reads}."}
+    if backend.fallback is not None:
+        schema["examples"] = [backend.fallback]
+    return schema
+
+
+def _body_description(endpoint: EndpointConfig) -> str:
+    writers = [b for b in endpoint.backends if receives_body(endpoint, b)]
+    if len(writers) == len(endpoint.backends):
+        return "Sent to every backend." if len(writers) > 1 else "Sent to the backend."
+    names = ", ".join(b.group or b.upstream for b in writers)
+    return f"Sent to {names}; the other backends are called with GET and no body."
 
 
 def _version() -> str:

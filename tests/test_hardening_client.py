@@ -399,12 +399,12 @@ async def test_a_429_storm_with_a_huge_retry_after_neither_stalls_nor_opens_the_
     elapsed = asyncio.get_running_loop().time() - started
     for status, text in results:
         assert status == 502 and "patient answered HTTP 429" in text, text
-    # The upstream's Retry-After (11 days) is not slept on: the retries keep
-    # to the gateway's own backoff, well inside the 20 s deadline.
+    # The upstream's Retry-After (11 days) is not slept on: it does not fit
+    # in the 20 s deadline, so there is no retry at all (issue 15).
     assert elapsed < 10
     tries = hostile.targets.count("/retry-after-huge")
-    # Retried, at most 3 times per call (identical GETs in flight share one).
-    assert 1 < tries <= 20
+    # One try per call, none retried (identical GETs in flight share one).
+    assert 1 <= tries <= 5
     # A 429 is the upstream asking for less, not failing: the circuit
     # (2 failures) stays closed.
     status, text = await _text(gateway, "GET", "/patient")

@@ -34,14 +34,17 @@ def _describe(failure: BackendFailure) -> dict[str, Any]:
     return {"status": failure.status, "title": failure.title, "detail": failure.detail}
 
 
-def decide(parts: Sequence[Part], failures: Sequence[BackendFailure]) -> Outcome:
+def decide(
+    parts: Sequence[Part], failures: Sequence[BackendFailure], *, on_conflict: str | None = None
+) -> Outcome:
     """Merge what succeeded; fail the endpoint if a required backend or every backend failed.
 
+    ``on_conflict``: the endpoint's rule for two parts writing one key (merge_parts).
     A failed endpoint answers 504 when each failure that made it fail was a
     deadline, else 502, as problem details listing every failed backend.
     """
     if not failures:
-        return Outcome(200, merge_parts(parts), completed=True)
+        return Outcome(200, merge_parts(parts, on_conflict), completed=True)
     fatal = [f for f in failures if f.required]
     if fatal or not parts:
         blamed = fatal or list(failures)
@@ -56,6 +59,6 @@ def decide(parts: Sequence[Part], failures: Sequence[BackendFailure]) -> Outcome
             "errors": {f.label: _describe(f) for f in failures},
         }
         return Outcome(status, body, completed=False)
-    merged = merge_parts(parts)
+    merged = merge_parts(parts, on_conflict)
     merged["_errors"] = {f.label: _describe(f) for f in failures}
     return Outcome(200, merged, completed=False)

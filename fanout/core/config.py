@@ -16,12 +16,15 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from datetime import date, datetime, time
 from types import MappingProxyType
-from typing import NoReturn
+from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from limits import parse as limits_parse
+
+from fanout.core import config_composition as composition
+from fanout.core.references import is_reference
 
 __all__ = [
     "AUTH_MODES",
@@ -38,6 +41,7 @@ __all__ = [
     "GatewayConfig",
     "JobsConfig",
     "JwtConfig",
+    "OutlierDetectionConfig",
     "RateLimitsConfig",
     "ServerConfig",
     "UpstreamConfig",
@@ -132,6 +136,16 @@ class CircuitBreakerConfig:
 
 
 @dataclass(frozen=True)
+class OutlierDetectionConfig:
+    """When one host of several is skipped: after failures in a row, for a growing time."""
+
+    consecutive_failures: int = 5
+    base_ejection_seconds: float = 10.0
+    #: The longest an ejection lasts, however often the host was ejected.
+    max_ejection_seconds: float = 300.0
+
+
+@dataclass(frozen=True)
 class UpstreamConfig:
     """One upstream HTTP API: where it is and how it is called."""
 
@@ -157,6 +171,14 @@ class UpstreamConfig:
     auth: str | None = None
     scopes: tuple[str, ...] = ()
     rate_limit: str | None = None
+    #: Every host of the upstream (``base_urls``); base_url is the first.
+    base_urls: tuple[str, ...] = ()
+    outlier_detection: OutlierDetectionConfig = OutlierDetectionConfig()
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        """The base URL of every host, in the file's order."""
+        return self.base_urls or (self.base_url,)
 
 
 @dataclass(frozen=True)
@@ -174,6 +196,21 @@ class BackendConfig:
     forward_headers: tuple[str, ...] | None = None
     forward_query: tuple[str, ...] | None = None
     forward_identity: str | None = None
+    # Composition (fanout.core.config_composition reads and checks these).
+    #: ``group.path[*]``: one call per element, ``{item}`` in ``path``.
+    for_each: str | None = None
+    max_items: int = 100
+    concurrency: int = 10
+    #: The dotted sub-object of the answer used as the answer.
+    target: str | None = None
+    #: (dotted source, new top-level key) pairs, in the file's order.
+    rename: tuple[tuple[str, str], ...] = ()
+    #: The answer is a JSON array, kept under the group, filtered element by element.
+    collection: bool = False
+    #: The JSON an optional backend's answer is replaced with when it fails.
+    fallback: Any = field(default=None, hash=False)
+    #: On a non-GET endpoint, this backend receives the request body (and the method).
+    write: bool = False
 
 
 @dataclass(frozen=True)
@@ -189,6 +226,11 @@ class EndpointConfig:
     auth: str | None = None
     scopes: tuple[str, ...] = ()
     rate_limit: str | None = None
+    #: Two backends writing the same key: ``last``, ``first`` or ``list`` (None: a config error
+    #: where the file shows the clash, the later backend at run time).
+    on_conflict: str | None = None
+    #: A non-GET endpoint may send its body to several backends (one may fail after another wrote).
+    allow_partial_writes: bool = False
     # Keyword-only so it can stay required after the defaulted fields.
     backends: tuple[BackendConfig, ...] = field(kw_only=True)
 
@@ -314,7 +356,10 @@ class GatewayConfig:
     def internal_hosts(self) -> frozenset[str]:
         """Lower-cased hosts of the upstreams marked ``internal = true``."""
         return frozenset(
-            _host(upstream.base_url) for upstream in self.upstreams.values() if upstream.internal
+            _host(url)
+            for upstream in self.upstreams.values()
+            if upstream.internal
+            for url in upstream.urls
         )
 
 
@@ -720,8 +765,9 @@ class _Parser:
             upstreams[name] = self.upstream(name, self.table(value, path), path)
         # The address guard decides per host, so one host cannot be both allowed and refused.
         first_by_host: dict[str, UpstreamConfig] = {}
-        for upstream in upstreams.values():
-            host = _host(upstream.base_url)
+        for upstream, host in (
+            (each, _host(url)) for each in upstreams.values() for url in each.urls
+        ):
             other = first_by_host.setdefault(host, upstream)
             if other.internal != upstream.internal:
                 self.fail(
@@ -743,7 +789,7 @@ class _Parser:
             )
         return UpstreamConfig(
             name=name,
-            base_url=self.base_url(table, path),
+            **composition.upstream_hosts(self, table, path),
             timeout=timeout,
             connect_timeout=connect_timeout,
             retries=self.integer(table, "retries", path, d.retries, 0, 10),
@@ -763,8 +809,11 @@ class _Parser:
         )
 
     def base_url(self, table: Mapping[str, object], path: str) -> str:
-        where = _key(path, "base_url")
         url = self.required_string(table, "base_url", path, "an http or https URL")
+        return self.checked_base_url(url, _key(path, "base_url"))
+
+    def checked_base_url(self, url: str, where: str) -> str:
+        """An upstream's base URL, checked, without its trailing '/'."""
         if any(ch.isspace() for ch in url) or _has_control(url):
             self.fail(where, "expected a URL without spaces or control characters")
         try:
@@ -1021,10 +1070,10 @@ class _Parser:
             self.fail(where, f"not a valid URL ({exc})")
         if parts.scheme not in ("http", "https") or not parts.hostname or "@" in parts.netloc:
             self.fail(where, "expected an http or https URL with a host and no user info")
-        internal = {_host(u.base_url) for u in upstreams.values() if u.internal}
+        internal = {_host(url) for u in upstreams.values() if u.internal for url in u.urls}
         if parts.hostname in internal:
             # The session lets internal hosts be private only on their upstreams' origins.
-            origins = {_origin(u.base_url) for u in upstreams.values() if u.internal}
+            origins = {_origin(url) for u in upstreams.values() if u.internal for url in u.urls}
             if (parts.scheme, parts.hostname, port) not in origins:
                 self.fail(
                     where,
@@ -1096,6 +1145,7 @@ class _Parser:
                     )
                 groups[backend.group] = backend_path
             backends.append(backend)
+        composed = composition.endpoint_fields(self, table, path, method, backends)
         return EndpointConfig(
             path=route,
             method=method,
@@ -1105,6 +1155,8 @@ class _Parser:
             auth=self.auth_mode(table, path),
             scopes=self.scopes(table, path),
             rate_limit=self.rate_limit(table, "rate_limit", path),
+            on_conflict=composed.on_conflict,
+            allow_partial_writes=composed.allow_partial_writes,
             backends=tuple(backends),
         )
 
@@ -1187,6 +1239,7 @@ class _Parser:
             forward_headers=self.forwarded_headers_of(table, path, upstreams[upstream]),
             forward_query=forward_query,
             forward_identity=self.identity_header(table, path),
+            **composition.backend_fields(self, table, path, group=group),
         )
 
     def forwarded_headers_of(
@@ -1215,6 +1268,8 @@ class _Parser:
             self.fail(where, f"expected a path without spaces or '#', got {_describe(target)}")
         for match in _PLACEHOLDER.finditer(target):
             name = match[1]
+            if is_reference(name, for_each="for_each" in table):
+                continue  # an earlier answer's value: config_composition checks it
             if not _IDENTIFIER.fullmatch(name):
                 self.fail(where, f"invalid placeholder {match[0]}; expected {{name}}")
             if name not in variables:

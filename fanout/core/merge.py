@@ -44,23 +44,53 @@ def filter_fields(data: Any, *, allow: Sequence[str] = (), deny: Sequence[str] =
     return result
 
 
-def merge_parts(parts: Sequence[Part]) -> dict[str, Any]:
+def merge_parts(parts: Sequence[Part], on_conflict: str | None = None) -> dict[str, Any]:
     """Merge the backends' answers into one object, applying ``parts`` in the given order.
 
     A part with a group is stored as ``result[group]``. A part without a group has its keys
     merged into the top level when its data is a dict, or is stored as ``result[name]``
-    otherwise. On a clash (two parts writing the same top-level key) the later part wins,
-    replacing the earlier value whole, so the outcome depends only on the order of ``parts``.
+    otherwise. On a clash (two parts writing the same top-level key) ``on_conflict``
+    decides (see merge_conflicts; by default the later part wins, replacing the earlier
+    value whole), so the outcome depends only on the order of ``parts``.
     """
     result: dict[str, Any] = {}
     for part in parts:
         if part.group is not None:
-            result[part.group] = part.data
+            merge_conflicts(result, part.group, part.data, on_conflict)
         elif isinstance(part.data, dict):
-            result.update(part.data)
+            for key, value in part.data.items():
+                merge_conflicts(result, key, value, on_conflict)
         else:
-            result[part.name] = part.data
-    return result
+            merge_conflicts(result, part.name, part.data, on_conflict)
+    return settle(result) if on_conflict == "list" else result
+
+
+def merge_conflicts(result: dict[str, Any], key: str, value: Any, rule: str | None) -> None:
+    """Store ``value`` at ``key`` of the merged ``result`` as the endpoint's ``on_conflict`` says.
+
+    None and ``last``: the later backend wins; ``first``: the earlier one
+    stays; ``list``: every backend's value, in config order.
+    """
+    if key not in result or rule in (None, "last"):
+        result[key] = value
+    elif rule == "list":
+        earlier = result[key]
+        values = earlier.values if isinstance(earlier, _Clash) else [earlier]
+        result[key] = _Clash([*values, value])
+
+
+class _Clash:
+    """The values several backends wrote at one key (``on_conflict = "list"``), in order."""
+
+    def __init__(self, values: list[Any]) -> None:
+        self.values = values
+
+
+def settle(result: dict[str, Any]) -> dict[str, Any]:
+    """Turn ``list`` clashes into plain JSON lists once every part is merged."""
+    return {
+        key: value.values if isinstance(value, _Clash) else value for key, value in result.items()
+    }
 
 
 def _tree(paths: Sequence[str]) -> _Tree:

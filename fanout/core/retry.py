@@ -7,6 +7,7 @@ import random
 import time
 from collections import deque
 from collections.abc import Callable
+from email.utils import parsedate_to_datetime
 
 #: Methods retried automatically: safe and idempotent, and carrying no request body.
 RETRYABLE_METHODS = frozenset({"GET", "HEAD"})
@@ -21,6 +22,30 @@ _MAX_EXPONENT = 1023
 def is_retryable_status(status: int) -> bool:
     """Return whether an upstream answer with this status is worth retrying."""
     return status in _RETRYABLE_STATUSES
+
+
+#: The statuses whose Retry-After says when to come back (RFC 9110 10.2.3).
+RETRY_AFTER_STATUSES = frozenset({429, 503})
+
+
+def retry_after_seconds(value: str | None, *, now: float | None = None) -> float | None:
+    """Seconds a ``Retry-After`` value asks to wait (delay-seconds or an HTTP-date), or None.
+
+    ``now``: the wall-clock time an HTTP-date is compared with (time.time() if None).
+    An unreadable value is None (the usual backoff applies); a past date is 0.
+    """
+    if value is None:
+        return None
+    text = value.strip()
+    if text.isdigit():
+        return float(text)
+    try:
+        when = parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        return None  # HTTP-dates are GMT; a zone-less one is not one
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
 def backoff_delay(
