@@ -67,6 +67,9 @@ class UpstreamObserver(Protocol):
     def observe_circuit(self, upstream: str, state: CircuitState) -> None:
         """The upstream's circuit state after a call."""
 
+    def observe_host(self, upstream: str, host: str, outcome: str, ejected: bool) -> None:
+        """One call on one host of a several-host upstream, and whether it is now ejected."""
+
 
 class UpstreamClient:
     """Calls to one upstream over the shared session, under its configured policies.
@@ -356,10 +359,8 @@ class UpstreamClient:
         self.breaker.record_success()
 
     def _observe_host(self, host: Host, outcome: str, *, ejected: bool) -> None:
-        # Optional in the observer (per-host metrics): an older one lacks it.
-        observe = getattr(self._observer, "observe_host", None)
-        if observe is not None:
-            observe(self.name, host.base_url, outcome, ejected)
+        if self._observer is not None:
+            self._observer.observe_host(self.name, host.base_url, outcome, ejected)
 
     def _record_answer(
         self, status: int, rule: BlameRule, *, trial: bool, host: Host | None = None

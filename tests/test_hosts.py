@@ -14,6 +14,7 @@ from fanout.core.config import OutlierDetectionConfig, UpstreamConfig
 from fanout.core.outlier import HostPool
 from tests.composition_upstream import composition_upstream
 from tests.gateway_serving import gateway_serving
+from tests.worker_processes import samples
 
 
 class _Clock:
@@ -90,6 +91,15 @@ path = "/user/<int:n>"
             assert again.count(502) == 2, again
             assert [await status() for _ in range(6)] == [200] * 6
             assert bad.hits["users"] == 4
+            async with gateway.client.get("/metrics") as response:
+                found = samples(await response.text())
+        calls = "fanout_upstream_host_calls_total"
+        bad_host = (("host", bad.url), ("outcome", "failure"), ("upstream", "users"))
+        good_host = (("host", good.url), ("outcome", "success"), ("upstream", "users"))
+        assert found[(calls, bad_host)] == 4
+        assert found[(calls, good_host)] == 18
+        ejected = (("host", bad.url), ("upstream", "users"))
+        assert found[("fanout_upstream_host_ejected", ejected)] == 1
 
 
 async def test_the_circuit_opens_only_once_every_host_is_out(tmp_path: Path) -> None:

@@ -65,6 +65,8 @@ class Metrics:
     in_flight: Gauge
     upstream_calls: Counter
     upstream_seconds: Histogram
+    upstream_host_calls: Counter
+    upstream_host_ejected: Gauge
     jobs_finished: Counter
     circuit_state: Gauge
     sync_threads: Gauge
@@ -91,6 +93,11 @@ class Metrics:
         self.child(self.upstream_calls, upstream, outcome).inc()
         if outcome not in ("circuit_open", "blocked"):
             self.child(self.upstream_seconds, upstream).observe(seconds)
+
+    def observe_host(self, upstream: str, host: str, outcome: str, ejected: bool) -> None:
+        """One call on one host of an upstream (success or failure), and whether it is ejected."""
+        self.child(self.upstream_host_calls, upstream, host, outcome).inc()
+        self.child(self.upstream_host_ejected, upstream, host).set(1 if ejected else 0)
 
     def observe_circuit(self, upstream: str, state: CircuitState) -> None:
         """Record an upstream's circuit state."""
@@ -147,6 +154,19 @@ def _build() -> Metrics:
             "Time of one upstream call (one try)",
             ["upstream"],
             registry=registry,
+        ),
+        upstream_host_calls=Counter(
+            "fanout_upstream_host_calls",
+            "Calls to each host of a several-host upstream, by outcome (success, failure)",
+            ["upstream", "host", "outcome"],
+            registry=registry,
+        ),
+        upstream_host_ejected=Gauge(
+            "fanout_upstream_host_ejected",
+            "1 while a host is ejected by outlier detection (the worst among live workers)",
+            ["upstream", "host"],
+            registry=registry,
+            multiprocess_mode="livemax",
         ),
         jobs_finished=Counter(
             "fanout_jobs_finished",
