@@ -13,6 +13,7 @@ them in ``fanout_rate_limit_storage_errors``.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 import math
 import time
@@ -113,25 +114,43 @@ class RateLimits:
 
 
 class SweepingMemoryStorage(MemoryStorage):
-    """limits' asyncio memory storage, sweeping expired entries at most once per SWEEP_SECONDS.
+    """limits' asyncio memory storage, sweeping expired entries inline, at most once a second.
 
-    The library schedules its sweep on every hit, and the sweep hands each
-    key's moving window to a thread (``asyncio.to_thread``): a task and a
-    thread hop per request: 85 µs of CPU per moving-window hit against 20 µs
-    with this (a loop of hits that yields to the event loop, on this 2-core
-    machine). Entries past their window are still ignored by every check;
-    the sweep only frees their memory.
+    The library starts a sweep task after every hit, and its sweep holds
+    each key's lock while it hands that key's moving window to a thread
+    (``asyncio.to_thread``): a task and a thread hop per request (85 µs of
+    CPU per moving-window hit, against 20 µs here, in a loop of hits), and
+    every request of that caller queued behind the lock meanwhile (at 100
+    clients on one key, CPU per answer of the whole gateway rose by a third).
+    The sweep is a binary search per key: it runs inline, without awaiting,
+    so no request waits for it and no lock is needed. Entries past their
+    window are ignored by every check anyway; the sweep only frees memory.
     """
 
     _last_sweep = -math.inf
 
     async def _MemoryStorage__schedule_expiry(self) -> None:
-        # MemoryStorage calls self.__schedule_expiry(), mangled to this name.
+        # MemoryStorage calls self.__schedule_expiry() (name-mangled to this) on every hit.
         now = time.monotonic()
-        if now - self._last_sweep < SWEEP_SECONDS:
-            return
-        self._last_sweep = now
-        await super()._MemoryStorage__schedule_expiry()  # type: ignore[misc]
+        if now - self._last_sweep >= SWEEP_SECONDS:
+            self._last_sweep = now
+            self._sweep()
+
+    def _sweep(self) -> None:
+        now = time.time()
+        for key in list(self.events):
+            # Newest first, so expiries descend: keep the entries before the first expired.
+            window = self.events[key]
+            kept = window[: bisect.bisect_left(window, -now, key=lambda entry: -entry.expiry)]
+            if kept:
+                self.events[key] = kept
+            else:
+                self.events.pop(key, None)
+                self.locks.pop(key, None)
+        for key in [key for key, expires in self.expirations.items() if expires <= now]:
+            self.storage.pop(key, None)
+            self.expirations.pop(key, None)
+            self.locks.pop(key, None)
 
 
 def _storage(url: str) -> Storage:

@@ -144,21 +144,20 @@ async def test_a_stopped_redis_lets_requests_through_and_is_counted(
     assert echo.calls == 6
 
 
-async def test_the_memory_storage_sweeps_at_most_once_a_second() -> None:
-    # limits' own memory storage starts a sweep task (a thread hop per key)
-    # after every hit; ours keeps the first for a second.
+async def test_the_memory_storage_sweeps_inline_and_keeps_the_window() -> None:
+    # limits' own memory storage starts a sweep task after every hit, which
+    # hands each key to a thread while holding its lock; ours sweeps inline.
     storage = SweepingMemoryStorage()
     limiter = MovingWindowRateLimiter(storage)
-    item = parse("100/second")
-    try:
-        await limiter.hit(item, "key")
-        first = storage.timer
-        assert first is not None
-        for _ in range(5):
-            await asyncio.sleep(0)  # the sweep runs and ends
-            assert await limiter.hit(item, "key")
-        assert storage.timer is first
-    finally:
-        if storage.timer is not None:
-            storage.timer.cancel()
-            await asyncio.gather(storage.timer, return_exceptions=True)
+    item = parse("3/second")
+    assert [await limiter.hit(item, "key") for _ in range(4)] == [True, True, True, False]
+    assert storage.timer is None  # no task, no thread
+    # A sweep with every entry expired frees the key; one with none keeps it whole.
+    key = item.key_for("key")
+    storage._sweep()
+    assert len(storage.events[key]) == 3
+    for entry in storage.events[key]:
+        entry.expiry -= 2.0
+    storage._sweep()
+    assert key not in storage.events
+    assert await limiter.hit(item, "key")
