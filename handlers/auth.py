@@ -145,45 +145,54 @@ def _from_key(auth: Auth, token: str, address: str) -> Caller | None:
     return None if name is None else Caller(CallerKind.API_KEY, name, address)
 
 
-def _authenticate_keys() -> Response | None:
-    """Identify the caller by API key (no await: no switch to the loop)."""
-    auth = auth_of()
+def _known_caller(auth: Auth) -> tuple[Policy, Caller | str]:
+    """The route's policy, and the caller unless a token must be verified (then the token)."""
     policy = auth.policy()
     address = auth.address()
     token = _bearer() if policy.mode != "none" else None
     if token is None:
-        return _admit(auth, policy, Caller(CallerKind.ANONYMOUS, None, address))
+        return policy, Caller(CallerKind.ANONYMOUS, None, address)
     caller = _from_key(auth, token, address)
-    if caller is None:
+    return policy, caller if caller is not None else token
+
+
+def _authenticate_keys() -> Response | None:
+    """Identify the caller by API key (no await: no switch to the loop)."""
+    auth = auth_of()
+    policy, found = _known_caller(auth)
+    if isinstance(found, str):
         return _invalid("unknown API key")
-    return _admit(auth, policy, caller)
+    return _admit(auth, policy, found)
 
 
 async def _authenticate_tokens() -> Response | None:
     """Identify the caller by API key or JWT."""
     auth = auth_of()
-    policy = auth.policy()
-    address = auth.address()
-    token = _bearer() if policy.mode != "none" else None
-    if token is None:
-        return _admit(auth, policy, Caller(CallerKind.ANONYMOUS, None, address))
-    caller = _from_key(auth, token, address)
-    if caller is None:
-        assert auth.verifier is not None
-        try:
-            claims = await auth.verifier.verify(token)
-        except InvalidToken as exc:
-            return _invalid(str(exc))
-        except JwksUnavailable as exc:
-            logger.warning("token not verified", extra={"cause": str(exc)})
-            return problem_response(
-                503,
-                detail="The token's signing keys cannot be fetched now; try again later.",
-                headers={"Retry-After": "5"},
-            )
-        scopes = token_scopes(claims, auth.verifier.config.scopes_claim)
-        caller = Caller(CallerKind.JWT, claims["sub"], address, scopes, claims)
-    return _admit(auth, policy, caller)
+    policy, found = _known_caller(auth)
+    if isinstance(found, str):
+        verified = await _verified(auth, found)
+        if isinstance(verified, Response):
+            return verified
+        found = verified
+    return _admit(auth, policy, found)
+
+
+async def _verified(auth: Auth, token: str) -> Caller | Response:
+    """The token's caller, or the answer refusing it (401, or 503 without its keys)."""
+    assert auth.verifier is not None
+    try:
+        claims = await auth.verifier.verify(token)
+    except InvalidToken as exc:
+        return _invalid(str(exc))
+    except JwksUnavailable as exc:
+        logger.warning("token not verified", extra={"cause": str(exc)})
+        return problem_response(
+            503,
+            detail="The token's signing keys cannot be fetched now; try again later.",
+            headers={"Retry-After": "5"},
+        )
+    scopes = token_scopes(claims, auth.verifier.config.scopes_claim)
+    return Caller(CallerKind.JWT, claims["sub"], auth.address(), scopes, claims)
 
 
 #: A check run once the caller is known (the rate limits), in the same hook.
