@@ -145,21 +145,21 @@ def _from_key(auth: Auth, token: str, address: str) -> Caller | None:
     return None if name is None else Caller(CallerKind.API_KEY, name, address)
 
 
-def _known_caller(auth: Auth) -> tuple[Policy, Caller | str]:
-    """The route's policy, and the caller unless a token must be verified (then the token)."""
+def _known_caller(auth: Auth) -> tuple[Policy, str, Caller | str]:
+    """The route's policy, the client's address, and the caller (or the token to verify)."""
     policy = auth.policy()
     address = auth.address()
     token = _bearer() if policy.mode != "none" else None
     if token is None:
-        return policy, Caller(CallerKind.ANONYMOUS, None, address)
+        return policy, address, Caller(CallerKind.ANONYMOUS, None, address)
     caller = _from_key(auth, token, address)
-    return policy, caller if caller is not None else token
+    return policy, address, caller if caller is not None else token
 
 
 def _authenticate_keys() -> Response | None:
     """Identify the caller by API key (no await: no switch to the loop)."""
     auth = auth_of()
-    policy, found = _known_caller(auth)
+    policy, _, found = _known_caller(auth)
     if isinstance(found, str):
         return _invalid("unknown API key")
     return _admit(auth, policy, found)
@@ -168,16 +168,16 @@ def _authenticate_keys() -> Response | None:
 async def _authenticate_tokens() -> Response | None:
     """Identify the caller by API key or JWT."""
     auth = auth_of()
-    policy, found = _known_caller(auth)
+    policy, address, found = _known_caller(auth)
     if isinstance(found, str):
-        verified = await _verified(auth, found)
+        verified = await _verified(auth, found, address)
         if isinstance(verified, Response):
             return verified
         found = verified
     return _admit(auth, policy, found)
 
 
-async def _verified(auth: Auth, token: str) -> Caller | Response:
+async def _verified(auth: Auth, token: str, address: str) -> Caller | Response:
     """The token's caller, or the answer refusing it (401, or 503 without its keys)."""
     assert auth.verifier is not None
     try:
@@ -192,7 +192,7 @@ async def _verified(auth: Auth, token: str) -> Caller | Response:
             headers={"Retry-After": "5"},
         )
     scopes = token_scopes(claims, auth.verifier.config.scopes_claim)
-    return Caller(CallerKind.JWT, claims["sub"], auth.address(), scopes, claims)
+    return Caller(CallerKind.JWT, claims["sub"], address, scopes, claims)
 
 
 #: A check run once the caller is known (the rate limits), in the same hook.
