@@ -189,7 +189,8 @@ async def _check() -> Response | None:
     except (StorageError, TimeoutError) as exc:
         limits.storage_failed(exc)
         return None
-    metrics(current_app).child(metrics(current_app).rate_limited, limit.route).inc()
+    found = metrics(current_app)
+    found.child(found.rate_limited, limit.route).inc()
     wait = max(1, math.ceil(stats.reset_time - time.time()))
     return problem_response(
         429,
