@@ -9,7 +9,8 @@ from typing import Any, TypeVar
 
 from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 
-from fanout.bridge.greenlets import MissingBridgeError, in_bridge_greenlet, run_coroutine
+from fanout.bridge.greenlets import in_bridge_greenlet, run_coroutine
+from fanout.bridge.serving import wait_on_loop
 
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 T = TypeVar("T")
@@ -254,18 +255,7 @@ class RequestBody(io.RawIOBase):
         """Run a read on the server loop and wait for it, from whichever thread reads."""
         if in_bridge_greenlet():
             return run_coroutine(work)
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is not None:
-            # Waiting here would block the very loop the read needs.
-            work.close()
-            raise MissingBridgeError(
-                "the request body was read from async code running outside the request's "
-                "greenlet; read it from the request (or from a thread) instead"
-            )
-        return asyncio.run_coroutine_threadsafe(work, self._loop).result()
+        return wait_on_loop(work, self._loop)
 
     def read(self, size: int | None = -1) -> bytes:
         """Read up to ``size`` bytes (all that is left when ``size`` < 0)."""

@@ -25,7 +25,7 @@ from fanout.bridge.body import RequestBody
 from fanout.bridge.environ import build_environ
 from fanout.bridge.greenlets import await_only, in_bridge_greenlet, run_in_greenlet
 from fanout.bridge.pool import submit
-from fanout.bridge.serving import SERVING_LOOP, serving_state
+from fanout.bridge.serving import SERVING_LOOP, serving_state, wait_on_loop
 
 logger = logging.getLogger(__name__)
 
@@ -306,7 +306,7 @@ class HttpExchange:
         if self._abandoned:
             work.close()
             raise ExchangeAbandoned
-        asyncio.run_coroutine_threadsafe(work, self._loop).result()
+        wait_on_loop(work, self._loop)
 
     async def _deliver(self, chunk: bytes, final: bool) -> None:
         body: Message = {"type": "http.response.body", "body": chunk, "more_body": not final}

@@ -55,20 +55,27 @@ def is_ready(app: Flask) -> bool:
     return state is not None and state.ready
 
 
-def run_from_worker(coroutine: Coroutine[Any, Any, T]) -> T:
-    """Run ``coroutine`` on the server loop from a sync view's worker thread; wait for it."""
-    loop = SERVING_LOOP.get(None)
+def wait_on_loop(coroutine: Coroutine[Any, Any, T], loop: asyncio.AbstractEventLoop) -> T:
+    """Run ``coroutine`` on the server ``loop`` from another thread, and wait for it."""
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        on_a_loop = False
-    else:
-        on_a_loop = True
-    if loop is None or on_a_loop:
-        # On a loop thread, waiting here for that loop would deadlock it.
+        return asyncio.run_coroutine_threadsafe(coroutine, loop).result()
+    # On a loop thread, waiting here for that loop would deadlock it.
+    coroutine.close()
+    raise MissingBridgeError(
+        "async code can be waited for from sync code only in a request's greenlet or "
+        "in another thread (a def view's worker, a thread holding the request)"
+    )
+
+
+def run_from_worker(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run ``coroutine`` on the server loop from a sync view's worker thread; wait for it."""
+    loop = SERVING_LOOP.get(None)
+    if loop is None:
         coroutine.close()
         raise MissingBridgeError(
             "async code can be waited for from sync code only in a request's "
             "greenlet or in a plain def view's worker thread while served"
         )
-    return asyncio.run_coroutine_threadsafe(coroutine, loop).result()
+    return wait_on_loop(coroutine, loop)
